@@ -1,0 +1,121 @@
+"""Typed node settings: command-line flags > LIVECDN_* environment > optional TOML file > defaults."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, NamedTuple, TypeVar
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work; the message names the setting, its flag and env var."""
+
+
+class HostPort(NamedTuple):
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def public_host(self) -> str:
+        """Where a client on this machine reaches a wildcard bind."""
+        return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+
+
+def parse_host_port(value: Any) -> HostPort:
+    if isinstance(value, HostPort):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return HostPort(str(value[0]), int(value[1]))
+    text = str(value).strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range 0-65535")
+    return HostPort(host.strip("[]") or "0.0.0.0", port)
+
+
+
+
+def _check_registry_url(value: str) -> str:
+    if not value.startswith(("memory://", "redis://", "rediss://", "consul://")):
+        raise ValueError(f"unsupported registry URL {value!r} (memory://, redis://host:port/db, consul://host:port)")
+    return value
+
+
+class NodeSettings(BaseSettings):
+    """Settings every node (origin, edge) shares."""
+
+    model_config = SettingsConfigDict(env_prefix="LIVECDN_", extra="ignore", validate_default=True)
+
+    rtmp: Annotated[HostPort, BeforeValidator(parse_host_port)] = Field(
+        default=HostPort("127.0.0.1", 1935), description="RTMP listen address"
+    )
+    http: Annotated[HostPort, BeforeValidator(parse_host_port)] = Field(
+        default=HostPort("127.0.0.1", 8080), description="HTTP listen address (health, stats, metrics)"
+    )
+    registry: Annotated[str, AfterValidator(_check_registry_url)] = "memory://"
+    region: str = Field(default="default", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    node_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    log_level: str = Field(default="info", pattern=r"(?i)^(debug|info|warning|error)$")
+    chunk_size: int = Field(default=4096, ge=128, le=65536, description="outbound RTMP chunk size")
+    max_message_size: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
+    max_in_chunk_size: int = Field(default=65536, ge=128, le=16 * 1024 * 1024)
+    max_chunk_streams: int = Field(default=64, ge=4, le=65599)
+    max_amf_depth: int = Field(default=16, ge=2, le=256)
+    gop_max_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
+    gop_max_packets: int = Field(default=4096, ge=0)
+    viewer_high_water: int = Field(default=1024 * 1024, ge=16 * 1024)
+    viewer_max_buffer: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    handshake_timeout: float = Field(default=10.0, gt=0)
+    idle_timeout: float = Field(default=30.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        toml_file = settings_cls.model_config.get("toml_file")
+        if toml_file:
+            sources += (TomlConfigSettingsSource(settings_cls),)
+        return sources
+
+
+S = TypeVar("S", bound=NodeSettings)
+
+
+def load_settings(cls: type[S], overrides: dict[str, Any] | None = None, config_file: str | Path | None = None) -> S:
+    """Build settings, turning validation errors into one readable ConfigError."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    target: type[S] = cls
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        target = type(cls.__name__, (cls,), {"model_config": {**cls.model_config, "toml_file": path}})
+    try:
+        return target(**given)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            flag = "--" + field.replace("_", "-")
+            lines.append(f"{field} ({flag} / LIVECDN_{field.upper()}): {error['msg']} (got {error.get('input')!r})")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None

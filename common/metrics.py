@@ -1,0 +1,68 @@
+"""Prometheus metrics for a node, read from live state at scrape time (no cost on the hot path)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class NodeCollector(Collector):
+    """Exposes a node's stats() dictionary as Prometheus metrics."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._stats()
+        node = stats["node"]
+        labels = ["role", "region", "node"]
+        values = [str(node["role"]), str(node["region"]), str(node["id"])]
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, doc, labels=labels)
+            family.add_metric(values, value)
+            return family
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            family = CounterMetricFamily(name, doc, labels=labels)
+            family.add_metric(values, value)
+            return family
+
+        streams = stats["streams"]
+        yield gauge("livecdn_streams", "Streams this node carries", len(streams))
+        yield gauge("livecdn_viewers", "Viewers connected to this node", sum(s["viewers"] for s in streams))
+        yield gauge("livecdn_connections", "Open RTMP connections", node["connections"])
+        yield counter("livecdn_rtmp_connections", "RTMP connections accepted", node["connections_total"])
+        yield counter("livecdn_protocol_errors", "Connections closed for RTMP protocol errors", node["protocol_errors"])
+        yield counter(
+            "livecdn_viewers_dropped",
+            "Viewers disconnected for falling too far behind",
+            sum(s["viewers_dropped"] for s in streams),
+        )
+        by_stream_in = CounterMetricFamily(
+            "livecdn_stream_bytes_in", "Media bytes received per stream", labels=[*labels, "stream"]
+        )
+        by_stream_out = CounterMetricFamily(
+            "livecdn_stream_bytes_out", "Media bytes sent per stream", labels=[*labels, "stream"]
+        )
+        for s in streams:
+            key = f"{s['app']}/{s['name']}"
+            by_stream_in.add_metric([*values, key], s["bytes_in"])
+            by_stream_out.add_metric([*values, key], s["bytes_out"])
+        yield by_stream_in
+        yield by_stream_out
+
+
+def make_registry(stats: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+    """One registry per node (no global default registry: several nodes may share a process in tests)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(stats))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

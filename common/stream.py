@@ -1,0 +1,271 @@
+"""The hub: one Stream per app/name, its caches, its subscribers, and the fan-out of shared bytes.
+
+The hub knows nothing of the cluster or of sockets. A publisher (an RTMP ingest or an edge's
+upstream pull) feeds packets in; each packet is serialized to RTMP chunk bytes once and the same
+bytes object is written to every subscriber. Late joiners get metadata, sequence headers and the
+cached GOP first, so their first frame arrives at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from common.media.flv import is_audio_sequence_header, is_video_keyframe, is_video_sequence_header
+from common.rtmp import amf0
+from common.rtmp.chunk import encode_message
+from common.rtmp.errors import ProtocolError
+from common.rtmp.messages import CSID_AUDIO, CSID_DATA, CSID_VIDEO, MEDIA_STREAM_ID, MessageType
+
+log = logging.getLogger(__name__)
+
+AUDIO: Final = int(MessageType.AUDIO)
+VIDEO: Final = int(MessageType.VIDEO)
+DATA: Final = int(MessageType.DATA_AMF0)
+_CSID_FOR_KIND: Final = {AUDIO: CSID_AUDIO, VIDEO: CSID_VIDEO, DATA: CSID_DATA}
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """One media message, immutable, with its wire bytes built once for every viewer."""
+
+    kind: int
+    timestamp: int
+    payload: bytes
+    keyframe: bool
+    rtmp: bytes  # type-0 chunked message on the fixed csid for its kind, message stream id 1
+
+    @classmethod
+    def build(cls, kind: int, timestamp: int, payload: bytes, chunk_size: int) -> Packet:
+        keyframe = kind == VIDEO and is_video_keyframe(payload)
+        wire = encode_message(_CSID_FOR_KIND[kind], timestamp, kind, MEDIA_STREAM_ID, payload, chunk_size)
+        return cls(kind, timestamp, payload, keyframe, wire)
+
+
+@dataclass(frozen=True, slots=True)
+class HubLimits:
+    chunk_size: int = 4096  # outbound chunk size every viewer is told before media
+    gop_max_bytes: int = 8 * 1024 * 1024  # cached GOP; past it the cache is dropped until the next key frame
+    gop_max_packets: int = 4096
+    viewer_high_water: int = 1 * 1024 * 1024  # buffered bytes: above it a viewer skips to the next key frame
+    viewer_max_buffer: int = 8 * 1024 * 1024  # buffered bytes: above it a viewer is disconnected
+    max_streams: int = 10_000
+
+
+class Subscriber(Protocol):
+    """A viewer as the hub sees it: a non-blocking byte sink that can report its backlog."""
+
+    def write(self, data: bytes) -> None: ...
+    def buffered(self) -> int: ...
+    def drop(self, reason: str) -> None: ...
+    def source_ended(self) -> None: ...
+
+
+class GopCache:
+    """Packets from the last key frame on, bounded in bytes and packets."""
+
+    def __init__(self, max_bytes: int, max_packets: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_packets = max_packets
+        self._packets: deque[Packet] = deque()
+        self._bytes = 0
+        self._open = False  # only a GOP that starts at a key frame is worth serving
+
+    def add(self, packet: Packet) -> None:
+        if packet.keyframe:
+            self.clear()
+            self._open = True
+        if not self._open:
+            return
+        self._packets.append(packet)
+        self._bytes += len(packet.rtmp)
+        if self._bytes > self.max_bytes or len(self._packets) > self.max_packets:
+            log.warning(
+                "GOP cache over its bound (%d bytes, %d packets): dropped until next key frame",
+                self._bytes,
+                len(self._packets),
+            )
+            self.clear()
+
+    def clear(self) -> None:
+        self._packets.clear()
+        self._bytes = 0
+        self._open = False
+
+    def __iter__(self) -> Iterator[Packet]:
+        return iter(self._packets)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._packets)
+
+
+@dataclass(slots=True)
+class _ViewerState:
+    skipping: bool = False  # over the high-water mark: no media until it drains and a key frame comes
+
+
+def metadata_payload(payload: bytes) -> bytes | None:
+    """Turn '@setDataFrame onMetaData {...}' into the 'onMetaData {...}' players expect; None if not metadata."""
+    try:
+        values = amf0.decode(payload)
+    except ProtocolError:
+        return None
+    if values and values[0] == "@setDataFrame":
+        values = values[1:]
+    if len(values) >= 2 and values[0] == "onMetaData":
+        return amf0.encode(*values)
+    return None
+
+
+@dataclass(eq=False)
+class Stream:
+    app: str
+    name: str
+    limits: HubLimits
+    publisher: object | None = None
+    metadata: Packet | None = None
+    video_header: Packet | None = None
+    audio_header: Packet | None = None
+    gop: GopCache = field(init=False)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    packets_in: int = 0
+    viewers_dropped: int = 0
+    _subscribers: dict[Subscriber, _ViewerState] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.gop = GopCache(self.limits.gop_max_bytes, self.limits.gop_max_packets)
+
+    @property
+    def key(self) -> str:
+        return f"{self.app}/{self.name}"
+
+    @property
+    def viewers(self) -> int:
+        return len(self._subscribers)
+
+    @property
+    def subscribers(self) -> list[Subscriber]:
+        return list(self._subscribers)
+
+    # -- the source side -----------------------------------------------------------------------------
+
+    def feed(self, kind: int, timestamp: int, payload: bytes) -> Packet | None:
+        """One message from the publisher: cache what late joiners need, then fan it out."""
+        self.bytes_in += len(payload)
+        self.packets_in += 1
+        if kind == DATA:
+            meta = metadata_payload(payload)
+            if meta is None:
+                packet = Packet.build(DATA, timestamp, payload, self.limits.chunk_size)
+            else:
+                packet = Packet.build(DATA, 0, meta, self.limits.chunk_size)
+                self.metadata = packet
+        elif kind == VIDEO:
+            packet = Packet.build(VIDEO, timestamp, payload, self.limits.chunk_size)
+            if is_video_sequence_header(payload):
+                self.video_header = packet
+            else:
+                self.gop.add(packet)
+        elif kind == AUDIO:
+            packet = Packet.build(AUDIO, timestamp, payload, self.limits.chunk_size)
+            if is_audio_sequence_header(payload):
+                self.audio_header = packet
+            else:
+                self.gop.add(packet)
+        else:
+            return None
+        self._fan_out(packet)
+        return packet
+
+    def end_of_source(self) -> None:
+        """The publisher left: viewers are told and let go; caches are emptied."""
+        self.publisher = None
+        subscribers = list(self._subscribers)
+        self._subscribers.clear()
+        for subscriber in subscribers:
+            subscriber.source_ended()
+        self.metadata = self.video_header = self.audio_header = None
+        self.gop.clear()
+
+    # -- the viewer side -----------------------------------------------------------------------------
+
+    def add_subscriber(self, subscriber: Subscriber) -> None:
+        self._subscribers[subscriber] = _ViewerState()
+        bootstrap = [p.rtmp for p in (self.metadata, self.video_header, self.audio_header) if p is not None]
+        bootstrap.extend(p.rtmp for p in self.gop)
+        if bootstrap:
+            data = b"".join(bootstrap)
+            self.bytes_out += len(data)
+            subscriber.write(data)
+
+    def remove_subscriber(self, subscriber: Subscriber) -> None:
+        self._subscribers.pop(subscriber, None)
+
+    def _fan_out(self, packet: Packet) -> None:
+        if not self._subscribers:
+            return
+        data = packet.rtmp
+        size = len(data)
+        high_water = self.limits.viewer_high_water
+        sent = 0
+        for subscriber, state in self._subscribers.items():
+            backlog = subscriber.buffered()
+            if backlog > high_water or state.skipping:
+                if not self._admit_lagging(subscriber, state, packet, backlog):
+                    continue
+            subscriber.write(data)
+            sent += size
+        self.bytes_out += sent
+
+    def _admit_lagging(self, subscriber: Subscriber, state: _ViewerState, packet: Packet, backlog: int) -> bool:
+        """Slow viewer policy: skip media while over the high-water mark, rejoin live at a key frame."""
+        if backlog > self.limits.viewer_max_buffer:
+            self.viewers_dropped += 1
+            # Defer removal: we are iterating the subscriber dict.
+            subscriber.drop(f"viewer fell {backlog} bytes behind (limit {self.limits.viewer_max_buffer})")
+            return False
+        if backlog > self.limits.viewer_high_water:
+            state.skipping = True
+            return packet.kind == DATA and packet is self.metadata
+        if packet.keyframe:
+            state.skipping = False
+            return True
+        return packet.kind == DATA
+
+
+class Hub:
+    """All streams of one node, by app/name."""
+
+    def __init__(self, limits: HubLimits | None = None) -> None:
+        self.limits = limits or HubLimits()
+        self._streams: dict[str, Stream] = {}
+
+    def get(self, app: str, name: str) -> Stream | None:
+        return self._streams.get(f"{app}/{name}")
+
+    def get_or_create(self, app: str, name: str) -> Stream:
+        key = f"{app}/{name}"
+        stream = self._streams.get(key)
+        if stream is None:
+            if len(self._streams) >= self.limits.max_streams:
+                raise OverflowError(f"hub holds its maximum of {self.limits.max_streams} streams")
+            stream = self._streams[key] = Stream(app, name, self.limits)
+        return stream
+
+    def discard_if_idle(self, stream: Stream) -> None:
+        if stream.publisher is None and stream.viewers == 0 and self._streams.get(stream.key) is stream:
+            del self._streams[stream.key]
+
+    def __iter__(self) -> Iterator[Stream]:
+        return iter(list(self._streams.values()))
+
+    def __len__(self) -> int:
+        return len(self._streams)
