@@ -47,8 +47,6 @@ def parse_host_port(value: Any) -> HostPort:
     return HostPort(host.strip("[]") or "0.0.0.0", port)
 
 
-
-
 def _check_registry_url(value: str) -> str:
     if not value.startswith(("memory://", "redis://", "rediss://", "consul://")):
         raise ValueError(f"unsupported registry URL {value!r} (memory://, redis://host:port/db, consul://host:port)")

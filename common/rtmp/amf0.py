@@ -413,13 +413,9 @@ class _Reader:
 
     def _enter(self, depth: int, what: str) -> None:
         if depth >= self.max_depth:
-            raise ProtocolError(
-                f"AMF0 {what} at offset {self.pos - 1} nested deeper than {self.max_depth} levels"
-            )
+            raise ProtocolError(f"AMF0 {what} at offset {self.pos - 1} nested deeper than {self.max_depth} levels")
 
-    def _properties(
-        self, result: dict[str, Any], depth: int, what: str, *, lenient_end: bool
-    ) -> dict[str, Any]:
+    def _properties(self, result: dict[str, Any], depth: int, what: str, *, lenient_end: bool) -> dict[str, Any]:
         """Read ``name, value`` pairs into ``result`` up to the empty-name + 0x09 end marker."""
         data = self.data
         end = self.end

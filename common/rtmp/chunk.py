@@ -58,9 +58,7 @@ class _ChunkStreamState:
 
     def __init__(self) -> None:
         self.timestamp = 0  # absolute timestamp of the current / last message
-        self.ts_field = (
-            0  # value of the last fmt 0/1/2 timestamp field (absolute or delta, extended resolved)
-        )
+        self.ts_field = 0  # value of the last fmt 0/1/2 timestamp field (absolute or delta, extended resolved)
         self.length = 0
         self.type_id = 0
         self.stream_id = 0
@@ -282,9 +280,7 @@ def _basic_header(fmt: int, csid: int) -> bytes:
     return bytes((fmt << 6 | 1, rest & 0xFF, rest >> 8))
 
 
-def encode_message(
-    csid: int, timestamp: int, type_id: int, stream_id: int, payload: bytes, chunk_size: int
-) -> bytes:
+def encode_message(csid: int, timestamp: int, type_id: int, stream_id: int, payload: bytes, chunk_size: int) -> bytes:
     """Encode one message as chunks: a fmt-0 first chunk, then fmt-3 continuations.
 
     ``timestamp`` is taken modulo 2**32; at or above 0xFFFFFF it is sent as an extended

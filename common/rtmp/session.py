@@ -400,6 +400,7 @@ class ClientSession(_Session):
         if self._handshake.done:
             self._handshake = None
             events.append(HandshakeCompleted())
+            self._announce_window()
             self._announce_chunk_size()
             self._call(
                 "connect",

@@ -560,9 +560,7 @@ def test_round_trip_interleaved(
     queues: dict[int, list[bytes]] = {}
     for m in messages:
         enc = writer.write(m.csid, m.timestamp, m.type_id, m.stream_id, m.payload)
-        queues.setdefault(m.csid, []).extend(
-            split_chunks(enc, m.csid, m.timestamp, len(m.payload), chunk_size)
-        )
+        queues.setdefault(m.csid, []).extend(split_chunks(enc, m.csid, m.timestamp, len(m.payload), chunk_size))
     # Merge chunk sequences of distinct csids in random order, preserving each csid's order.
     cursors = {c: 0 for c in queues}
     merged: list[bytes] = [prefix]
@@ -614,9 +612,7 @@ def test_fuzz_arbitrary_bytes_only_protocol_error(data: bytes, cut: int) -> None
     prefix_csid=st.sampled_from([2, 3, 64, 400]),
     small_chunks=st.booleans(),
 )
-def test_fuzz_after_valid_prefix_only_protocol_error(
-    tail: bytes, prefix_csid: int, small_chunks: bool
-) -> None:
+def test_fuzz_after_valid_prefix_only_protocol_error(tail: bytes, prefix_csid: int, small_chunks: bool) -> None:
     """Reach deeper states (known csids, partial messages, small chunk size) before the garbage."""
     w = ChunkWriter()
     prefix = w.set_chunk_size(3) if small_chunks else b""

@@ -1,0 +1,191 @@
+"""Helpers for tests that drive real processes: node subprocesses, ffmpeg publishers and players."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ffmpeg_path() -> str:
+    """LIVECDN_FFMPEG, else the system ffmpeg, else the one PyPI's imageio-ffmpeg ships (has RTMP)."""
+    explicit = os.environ.get("LIVECDN_FFMPEG")
+    if explicit:
+        return explicit
+    system = shutil.which("ffmpeg")
+    if system:
+        return system
+    import imageio_ffmpeg
+
+    return str(imageio_ffmpeg.get_ffmpeg_exe())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(Exception):
+            value = predicate()
+            if value:
+                return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_json(url: str, timeout: float = 2.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+@dataclass
+class NodeProcess:
+    """A livecdn node started as `python -m <role>` on free loopback ports; stopped by its PID."""
+
+    role: str
+    extra: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    rtmp_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[str] | None = None
+    log_path: Path | None = None
+
+    @property
+    def rtmp(self) -> str:
+        return f"rtmp://127.0.0.1:{self.rtmp_port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, log_dir: Path) -> NodeProcess:
+        self.log_path = log_dir / f"{self.role}-{self.rtmp_port}.log"
+        log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.role, "--rtmp", f"127.0.0.1:{self.rtmp_port}",
+             "--http", f"127.0.0.1:{self.http_port}", *self.extra],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, **self.env},
+        )
+        wait_for(lambda: http_json(self.http + "/healthz")["status"] == "ok", 15, f"{self.role} to come up")
+        return self
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = http_json(self.http + "/v1/stats")
+        return result
+
+    def stream(self, name: str, app: str = "live") -> dict[str, Any] | None:
+        for stream in self.stats()["streams"]:
+            if stream["app"] == app and stream["name"] == name:
+                return dict(stream)
+        return None
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def make_test_flv(path: Path, seconds: int = 8, gop: int = 25, fps: int = 25, bitrate: str = "400k") -> Path:
+    """A small H.264/AAC FLV with a short GOP, made once per session by real ffmpeg."""
+    subprocess.run(
+        [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-y",
+         "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate={fps}",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
+         "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
+         "-b:v", bitrate, "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0", "-pix_fmt", "yuv420p",
+         "-c:a", "aac", "-b:a", "64k", "-f", "flv", str(path)],
+        check=True, timeout=60,
+    )
+    return path
+
+
+@contextlib.contextmanager
+def publishing(flv: Path, url: str, *, loop: bool = True) -> Iterator[subprocess.Popen[str]]:
+    """ffmpeg -re publishing a pre-encoded FLV (no encoder cost), stopped by PID on exit."""
+    args = [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-re"]
+    if loop:
+        args += ["-stream_loop", "-1"]
+    args += ["-i", str(flv), "-c", "copy", "-f", "flv", url]
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+@dataclass
+class PlayResult:
+    returncode: int
+    video_frames: int
+    audio_frames: int
+    seconds: float
+    output: str
+
+
+# What a low-latency live player does: start decoding at once instead of probing ~20 frames first.
+LOW_LATENCY_INPUT = ("-probesize", "32", "-analyzeduration", "0")
+
+
+def play_and_decode(
+    url: str, *, video_frames: int = 50, timeout: float = 20.0, input_args: tuple[str, ...] = ()
+) -> PlayResult:
+    """Play with real ffmpeg, decode, and count decoded frames per stream from framemd5 lines."""
+    return _finish_play(start_play(url, video_frames=video_frames, input_args=input_args), timeout)
+
+
+def start_play(
+    url: str, *, video_frames: int = 50, input_args: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[str], float]:
+    args = [ffmpeg_path(), "-hide_banner", "-loglevel", "error", *input_args, "-i", url,
+            "-frames:v", str(video_frames), "-map", "0:v", "-map", "0:a", "-f", "framemd5", "-"]
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, time.monotonic()
+
+
+def _finish_play(started: tuple[subprocess.Popen[str], float], timeout: float) -> PlayResult:
+    proc, t0 = started
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    seconds = time.monotonic() - t0
+    counts = {0: 0, 1: 0}
+    for line in out.splitlines():
+        if line and not line.startswith("#"):
+            index = int(line.split(",", 1)[0])
+            counts[index] = counts.get(index, 0) + 1
+    return PlayResult(proc.returncode, counts[0], counts[1], seconds, err)
+
+
+finish_play = _finish_play

@@ -1,0 +1,167 @@
+"""The hub: shared bytes, late-joiner bootstrap, bounded GOP cache, slow-viewer policy."""
+
+from __future__ import annotations
+
+from common.rtmp import amf0
+from common.rtmp.chunk import ChunkReader
+from common.stream import AUDIO, DATA, VIDEO, Hub, HubLimits, Stream
+
+AVC_HEADER = b"\x17\x00\x00\x00\x00\x01\x64\x00\x1f"
+AAC_HEADER = b"\xaf\x00\x12\x10"
+KEY = b"\x17\x01\x00\x00\x00key"
+INTER = b"\x27\x01\x00\x00\x00inter"
+AUDIO_FRAME = b"\xaf\x01audio"
+META = amf0.encode("@setDataFrame", "onMetaData", {"width": 320.0, "height": 240.0})
+
+
+class FakeViewer:
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.backlog = 0
+        self.dropped: str | None = None
+        self.ended = False
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def buffered(self) -> int:
+        return self.backlog
+
+    def drop(self, reason: str) -> None:
+        self.dropped = reason
+
+    def source_ended(self) -> None:
+        self.ended = True
+
+    def messages(self, chunk_size: int = 4096) -> list[tuple[int, int, bytes]]:
+        reader = ChunkReader()
+        reader.chunk_size = chunk_size
+        return [(m.type_id, m.timestamp, m.payload) for m in reader.feed(b"".join(self.chunks))]
+
+
+def live_stream(limits: HubLimits | None = None) -> Stream:
+    stream = Hub(limits).get_or_create("live", "cam")
+    stream.publisher = object()
+    stream.feed(DATA, 0, META)
+    stream.feed(VIDEO, 0, AVC_HEADER)
+    stream.feed(AUDIO, 0, AAC_HEADER)
+    return stream
+
+
+def test_every_viewer_gets_the_same_bytes_object() -> None:
+    stream = live_stream()
+    viewers = [FakeViewer() for _ in range(3)]
+    for viewer in viewers:
+        stream.add_subscriber(viewer)
+    packet = stream.feed(VIDEO, 40, KEY)
+    assert packet is not None
+    assert all(v.chunks[-1] is packet.rtmp for v in viewers)
+    assert stream.bytes_out >= 3 * len(packet.rtmp)
+
+
+def test_late_joiner_gets_metadata_headers_then_gop_from_last_keyframe() -> None:
+    stream = live_stream()
+    stream.feed(VIDEO, 0, KEY)
+    stream.feed(VIDEO, 40, INTER)
+    stream.feed(VIDEO, 2000, KEY)  # a new GOP starts: the first one is dropped from the cache
+    stream.feed(AUDIO, 2010, AUDIO_FRAME)
+    stream.feed(VIDEO, 2040, INTER)
+    viewer = FakeViewer()
+    stream.add_subscriber(viewer)
+    got = viewer.messages()
+    assert got[0][0] == DATA
+    assert amf0.decode(got[0][2]) == ["onMetaData", {"width": 320.0, "height": 240.0}]  # @setDataFrame stripped
+    assert got[1:] == [
+        (VIDEO, 0, AVC_HEADER),
+        (AUDIO, 0, AAC_HEADER),
+        (VIDEO, 2000, KEY),
+        (AUDIO, 2010, AUDIO_FRAME),
+        (VIDEO, 2040, INTER),
+    ]
+
+
+def test_gop_cache_is_bounded_in_bytes_and_packets() -> None:
+    stream = live_stream(HubLimits(gop_max_bytes=2000, gop_max_packets=1000))
+    stream.feed(VIDEO, 0, KEY)
+    for i in range(100):
+        stream.feed(VIDEO, 40 * (i + 1), INTER + b"x" * 100)
+        assert stream.gop.nbytes <= 2000
+    assert len(stream.gop) == 0  # over the bound: dropped until the next key frame
+    stream.feed(VIDEO, 5000, KEY)
+    assert len(stream.gop) == 1
+    packets = live_stream(HubLimits(gop_max_packets=5))
+    packets.feed(VIDEO, 0, KEY)
+    for i in range(20):
+        packets.feed(AUDIO, i, AUDIO_FRAME)
+        assert len(packets.gop) <= 5
+
+
+def test_no_gop_before_first_keyframe() -> None:
+    stream = live_stream()
+    stream.feed(VIDEO, 0, INTER)
+    stream.feed(AUDIO, 0, AUDIO_FRAME)
+    assert len(stream.gop) == 0
+
+
+def test_slow_viewer_skips_to_next_keyframe_and_others_are_unaffected() -> None:
+    stream = live_stream(HubLimits(viewer_high_water=1000, viewer_max_buffer=100_000))
+    fast, slow = FakeViewer(), FakeViewer()
+    stream.add_subscriber(fast)
+    stream.add_subscriber(slow)
+    slow.chunks.clear()
+    slow.backlog = 5000  # over the high-water mark
+    stream.feed(VIDEO, 0, KEY)
+    stream.feed(AUDIO, 10, AUDIO_FRAME)
+    stream.feed(VIDEO, 40, INTER)
+    assert slow.chunks == []
+    slow.backlog = 0  # drained; still waits for a key frame before getting media again
+    stream.feed(VIDEO, 80, INTER)
+    stream.feed(AUDIO, 90, AUDIO_FRAME)
+    assert slow.chunks == []
+    stream.feed(VIDEO, 2000, KEY)
+    stream.feed(VIDEO, 2040, INTER)
+    assert [m[1] for m in slow.messages()] == [2000, 2040]
+    assert [m[1] for m in fast.messages()][-7:] == [0, 10, 40, 80, 90, 2000, 2040]
+
+
+def test_viewer_past_the_limit_is_dropped() -> None:
+    stream = live_stream(HubLimits(viewer_high_water=1000, viewer_max_buffer=10_000))
+    viewer = FakeViewer()
+    stream.add_subscriber(viewer)
+    viewer.backlog = 20_000
+    stream.feed(VIDEO, 0, KEY)
+    assert viewer.dropped is not None and "behind" in viewer.dropped
+    assert stream.viewers_dropped == 1
+
+
+def test_end_of_source_tells_viewers_and_clears_caches() -> None:
+    stream = live_stream()
+    stream.feed(VIDEO, 0, KEY)
+    viewer = FakeViewer()
+    stream.add_subscriber(viewer)
+    stream.end_of_source()
+    assert viewer.ended
+    assert stream.viewers == 0
+    assert stream.metadata is None and stream.video_header is None and len(stream.gop) == 0
+
+
+def test_hub_bounds_its_stream_count_and_discards_idle_streams() -> None:
+    hub = Hub(HubLimits(max_streams=2))
+    a = hub.get_or_create("live", "a")
+    hub.get_or_create("live", "b")
+    try:
+        hub.get_or_create("live", "c")
+    except OverflowError as exc:
+        assert "maximum" in str(exc)
+    else:
+        raise AssertionError("third stream accepted")
+    hub.discard_if_idle(a)
+    assert hub.get("live", "a") is None
+    assert len(hub) == 1
+
+
+def test_enhanced_rtmp_hevc_sequence_start_is_cached_as_header() -> None:
+    stream = live_stream()
+    hevc_start = bytes([0x80 | 0x10 | 0]) + b"hvc1" + b"config"  # ExHeader, key frame, SequenceStart
+    stream.feed(VIDEO, 0, hevc_start)
+    assert stream.video_header is not None and stream.video_header.payload == hevc_start
