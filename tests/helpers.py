@@ -79,9 +79,21 @@ class NodeProcess:
         self.log_path = log_dir / f"{self.role}-{self.rtmp_port}.log"
         log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.role, "--rtmp", f"127.0.0.1:{self.rtmp_port}",
-             "--http", f"127.0.0.1:{self.http_port}", *self.extra],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, **self.env},
+            [
+                sys.executable,
+                "-m",
+                self.role,
+                "--rtmp",
+                f"127.0.0.1:{self.rtmp_port}",
+                "--http",
+                f"127.0.0.1:{self.http_port}",
+                *self.extra,
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **self.env},
         )
         wait_for(lambda: http_json(self.http + "/healthz")["status"] == "ok", 15, f"{self.role} to come up")
         return self
@@ -112,13 +124,48 @@ class NodeProcess:
 def make_test_flv(path: Path, seconds: int = 8, gop: int = 25, fps: int = 25, bitrate: str = "400k") -> Path:
     """A small H.264/AAC FLV with a short GOP, made once per session by real ffmpeg."""
     subprocess.run(
-        [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-y",
-         "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate={fps}",
-         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
-         "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
-         "-b:v", bitrate, "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0", "-pix_fmt", "yuv420p",
-         "-c:a", "aac", "-b:a", "64k", "-f", "flv", str(path)],
-        check=True, timeout=60,
+        [
+            ffmpeg_path(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size=320x240:rate={fps}",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-t",
+            str(seconds),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-tune",
+            "zerolatency",
+            "-b:v",
+            bitrate,
+            "-g",
+            str(gop),
+            "-keyint_min",
+            str(gop),
+            "-sc_threshold",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-f",
+            "flv",
+            str(path),
+        ],
+        check=True,
+        timeout=60,
     )
     return path
 
@@ -166,8 +213,24 @@ def play_and_decode(
 def start_play(
     url: str, *, video_frames: int = 50, input_args: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[str], float]:
-    args = [ffmpeg_path(), "-hide_banner", "-loglevel", "error", *input_args, "-i", url,
-            "-frames:v", str(video_frames), "-map", "0:v", "-map", "0:a", "-f", "framemd5", "-"]
+    args = [
+        ffmpeg_path(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        *input_args,
+        "-i",
+        url,
+        "-frames:v",
+        str(video_frames),
+        "-map",
+        "0:v",
+        "-map",
+        "0:a",
+        "-f",
+        "framemd5",
+        "-",
+    ]
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return proc, time.monotonic()
 

@@ -154,7 +154,10 @@ def test_silent_connection_is_closed_after_the_handshake_timeout(tmp_path: Path)
 def test_bad_settings_give_a_clear_error() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "origin", "--rtmp", "nonsense", "--http", "127.0.0.1:1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=30,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert "--rtmp / LIVECDN_RTMP" in result.stderr and "HOST:PORT" in result.stderr
