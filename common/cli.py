@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
-from common.config import ConfigError, NodeSettings, load_settings
-from common.node import configure_logging, run
+from common.config import ConfigError, EdgeSettings, NodeSettings, load_settings, parse_host_port
+from common.node import configure_logging, run, run_forever
+
+F = TypeVar("F", bound=Callable[..., Any])
+S = TypeVar("S", bound=NodeSettings)
 
 
-def node_options(func: Callable[..., Any]) -> Callable[..., Any]:
+def node_options(func: F) -> F:
     options = [
         click.option("--rtmp", help="RTMP listen HOST:PORT [LIVECDN_RTMP, default 127.0.0.1:1935]"),
         click.option("--http", help="HTTP listen HOST:PORT [LIVECDN_HTTP, default 127.0.0.1:8080]"),
         click.option("--registry", help="memory://, redis://host:port/db or consul://host:port [LIVECDN_REGISTRY]"),
         click.option("--region", help="region of this node [LIVECDN_REGION, default 'default']"),
         click.option("--node-id", help="stable node id [LIVECDN_NODE_ID, default random]"),
+        click.option("--advertise-host", help="host others reach this node at [LIVECDN_ADVERTISE_HOST]"),
         click.option("--log-level", help="debug, info, warning, error [LIVECDN_LOG_LEVEL]"),
         click.option(
             "--config",
@@ -32,7 +37,7 @@ def node_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _settings(cls: type[NodeSettings], config_file: str | None, **flags: Any) -> NodeSettings:
+def _settings(cls: type[S], config_file: str | None, **flags: Any) -> S:
     try:
         return load_settings(cls, flags, config_file)
     except ConfigError as exc:
@@ -47,12 +52,117 @@ def cli() -> None:
 @cli.command()
 @node_options
 def origin(config_file: str | None, **flags: Any) -> None:
-    """Run an origin node: accepts publishes, serves plays."""
+    """Run an origin node: accepts publishes, claims them in the registry, serves plays."""
     from origin.node import OriginNode
 
     settings = _settings(NodeSettings, config_file, **flags)
     configure_logging(settings.log_level)
     run(OriginNode(settings))
+
+
+@cli.command()
+@node_options
+@click.option("--upstream", help="static upstream rtmp://HOST:PORT/APP, any RTMP server [LIVECDN_UPSTREAM]")
+@click.option("--parent-region", help="pull through an edge of this region (mid tier) [LIVECDN_PARENT_REGION]")
+@click.option("--idle-grace", type=float, help="seconds a pull outlives its last viewer [LIVECDN_IDLE_GRACE, 15]")
+def edge(config_file: str | None, **flags: Any) -> None:
+    """Run an edge node: pulls each stream once on demand and fans it out to viewers."""
+    from edge.node import EdgeNode
+
+    settings = _settings(EdgeSettings, config_file, **flags)
+    configure_logging(settings.log_level)
+    run(EdgeNode(settings))
+
+
+@cli.command()
+@click.option(
+    "--http",
+    envvar="LIVECDN_HTTP",
+    default="127.0.0.1:8000",
+    show_default=True,
+    help="HTTP listen HOST:PORT [LIVECDN_HTTP]",
+)
+@click.option(
+    "--registry",
+    envvar="LIVECDN_REGISTRY",
+    default="memory://",
+    show_default=True,
+    help="registry URL [LIVECDN_REGISTRY]",
+)
+@click.option(
+    "--epsilon",
+    envvar="LIVECDN_EPSILON",
+    type=float,
+    default=0.25,
+    show_default=True,
+    help="bounded-load slack: no edge above (1+epsilon) x the average viewers [LIVECDN_EPSILON]",
+)
+@click.option("--log-level", envvar="LIVECDN_LOG_LEVEL", default="info", show_default=True)
+def control(http: str, registry: str, epsilon: float, log_level: str) -> None:
+    """Run the control plane: routes publishers to origins and viewers to edges."""
+    from common.node import stop_on_signals
+    from control.node import serve_control
+
+    try:
+        address = parse_host_port(http)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--http / LIVECDN_HTTP") from None
+    configure_logging(log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        await serve_control(
+            registry,
+            address.host,
+            address.port,
+            stop,
+            epsilon=epsilon,
+            on_ready=lambda url: print(f"livecdn control plane on {url} (registry {registry})", flush=True),
+        )
+
+    run_forever(main())
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="loopback address every node binds")
+@click.option(
+    "--rtmp-port",
+    type=int,
+    default=1935,
+    show_default=True,
+    help="origin RTMP port; edges take the next two (0: any free ports)",
+)
+@click.option(
+    "--http-port",
+    type=int,
+    default=8080,
+    show_default=True,
+    help="control plane port; origin and edges take the next three (0: any free ports)",
+)
+@click.option(
+    "--registry",
+    envvar="LIVECDN_REGISTRY",
+    default="memory://",
+    show_default=True,
+    help="memory:// (embedded) or redis://host:port/db [LIVECDN_REGISTRY]",
+)
+@click.option(
+    "--idle-grace",
+    type=float,
+    default=15.0,
+    show_default=True,
+    help="seconds an edge keeps a pull after its last viewer",
+)
+@click.option("--log-level", envvar="LIVECDN_LOG_LEVEL", default="info", show_default=True)
+def up(host: str, rtmp_port: int, http_port: int, registry: str, idle_grace: float, log_level: str) -> None:
+    """Start a whole local cluster: origin, two edges in two regions, control plane."""
+    from common.up import UpOptions
+    from common.up import up as run_up
+
+    configure_logging(log_level)
+    options = UpOptions(host=host, rtmp_port=rtmp_port, http_port=http_port, registry=registry, idle_grace=idle_grace)
+    run_forever(run_up(options))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

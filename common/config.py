@@ -79,6 +79,28 @@ class NodeSettings(BaseSettings):
     viewer_max_buffer: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     handshake_timeout: float = Field(default=10.0, gt=0)
     idle_timeout: float = Field(default=30.0, gt=0)
+    advertise_host: str | None = Field(
+        default=None, description="host other nodes and clients use to reach this one (default: the bind host)"
+    )
+    heartbeat_interval: float = Field(default=2.0, gt=0, description="seconds between registry heartbeats")
+    node_ttl: float = Field(default=6.0, gt=0, description="a node missing heartbeats this long is gone")
+    claim_ttl: float = Field(default=10.0, gt=0, description="a dead origin's stream claims lapse after this")
+
+
+class EdgeSettings(NodeSettings):
+    upstream: str | None = Field(
+        default=None,
+        pattern=r"^rtmp://[^/]+/[^/?]+/?$",
+        description="static upstream rtmp://HOST:PORT/APP (any server)",
+    )
+    parent_region: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.\-]{1,64}$", description="pull through an edge of this region (mid tier)"
+    )
+    idle_grace: float = Field(default=15.0, ge=0, description="seconds a pull outlives its last viewer")
+    pull_timeout: float = Field(default=5.0, gt=0, description="seconds to resolve and start an upstream pull")
+    reconnect_window: float = Field(
+        default=10.0, gt=0, description="seconds a broken upstream is retried with no source before viewers are told"
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -1,22 +1,26 @@
-"""Running a node: settings -> hub + RTMP service + HTTP app, started and stopped in order."""
+"""Running a node: settings -> hub + RTMP service + HTTP app + registry, started and stopped in order."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, ClassVar
 
 from aiohttp import web
 
+from common.backoff import Backoff
 from common.config import HostPort, NodeSettings
 from common.http import make_node_app
+from common.httpflv import SERVICE_KEY, play_flv
+from common.registry import NodeInfo, NodeLoad, Registry, RegistryError, open_registry
 from common.rtmp.session import SessionLimits
 from common.server import RtmpService, Timeouts
-from common.stream import Hub, HubLimits
+from common.stream import Hub, HubLimits, Stream
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +30,9 @@ class Node:
 
     role: ClassVar[str] = "node"
 
-    def __init__(self, settings: NodeSettings) -> None:
+    def __init__(self, settings: NodeSettings, registry: Registry | None = None) -> None:
         self.settings = settings
+        self.registry = registry if registry is not None else open_registry(settings.registry)
         self.hub = Hub(
             HubLimits(
                 chunk_size=settings.chunk_size,
@@ -49,11 +54,19 @@ class Node:
         self.started_at = time.time()
         self.rtmp_address: HostPort = settings.rtmp
         self.http_address: HostPort = settings.http
+        self.draining = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._bytes_out_seen = 0
+        self._bits_out = 0.0
 
     def make_service(self) -> RtmpService:
         return RtmpService(self.hub, session_limits=self.session_limits, timeouts=self.timeouts)
 
     # -- views ---------------------------------------------------------------------------------------
+
+    def stream_extra(self, stream: Stream) -> dict[str, Any]:
+        """Role-specific fields of a stream in /v1/stats."""
+        return {}
 
     def stream_stats(self) -> list[dict[str, Any]]:
         return [
@@ -71,6 +84,7 @@ class Node:
                 "has_metadata": s.metadata is not None,
                 "has_video_header": s.video_header is not None,
                 "has_audio_header": s.audio_header is not None,
+                **self.stream_extra(s),
             }
             for s in self.hub
         ]
@@ -81,41 +95,99 @@ class Node:
                 "id": self.settings.node_id,
                 "role": self.role,
                 "region": self.settings.region,
-                "rtmp": str(self.rtmp_address),
-                "http": str(self.http_address),
+                "rtmp": self.advertised_rtmp,
+                "http": self.advertised_http,
+                "registry": _redact(self.registry.url),
                 "uptime_s": round(time.time() - self.started_at, 3),
                 "connections": len(self.service.connections),
                 "connections_total": self.service.connections_total,
                 "protocol_errors": self.service.protocol_errors,
+                "bits_out": round(self._bits_out),
+                "draining": self.draining,
             },
             "streams": self.stream_stats(),
         }
 
+    @property
+    def advertised_host(self) -> str:
+        return self.settings.advertise_host or self.rtmp_address.public_host
+
+    @property
+    def advertised_rtmp(self) -> str:
+        return f"{self.advertised_host}:{self.rtmp_address.port}"
+
+    @property
+    def advertised_http(self) -> str:
+        host = self.settings.advertise_host or self.http_address.public_host
+        return f"{host}:{self.http_address.port}"
+
     def rtmp_url(self, app: str = "live", name: str = "STREAM") -> str:
-        return f"rtmp://{self.rtmp_address.public_host}:{self.rtmp_address.port}/{app}/{name}"
+        return f"rtmp://{self.advertised_rtmp}/{app}/{name}"
 
     def http_url(self, path: str = "") -> str:
-        return f"http://{self.http_address.public_host}:{self.http_address.port}{path}"
+        return f"http://{self.advertised_http}{path}"
 
     def banner(self) -> str:
         return "\n".join(
             [
-                f"livecdn {self.role} {self.settings.node_id} (region {self.settings.region})",
+                f"livecdn {self.role} {self.settings.node_id} (region {self.settings.region}, "
+                f"registry {_redact(self.registry.url)})",
                 f"  publish to: {self.rtmp_url()}",
-                f"  play from:  {self.rtmp_url()}",
+                f"  play from:  {self.rtmp_url()}   or   {self.http_url('/live/STREAM.flv')}",
                 f"  stats:      {self.http_url('/v1/stats')}",
             ]
+        )
+
+    def node_info(self) -> NodeInfo:
+        streams = list(self.hub)
+        return NodeInfo(
+            id=self.settings.node_id,
+            role=self.role,
+            region=self.settings.region,
+            rtmp=self.advertised_rtmp,
+            http=self.advertised_http,
+            load=NodeLoad(
+                viewers=sum(s.viewers for s in streams), streams=len(streams), bits_out=round(self._bits_out)
+            ),
+            draining=self.draining,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def build_app(self) -> web.Application:
         app = make_node_app(self.stats, self.ready)
-        app.cleanup_ctx.append(self._rtmp_listener)
+        app[SERVICE_KEY] = self.service
+        app.router.add_get("/{app}/{name}.flv", play_flv)
+        app.cleanup_ctx.extend([self._registry_ctx, self._rtmp_listener, self._heartbeat_ctx])
         return app
 
     async def ready(self) -> bool:
-        return True
+        return await self.registry.ping()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Background work owned by the node: kept in a set, cancelled and awaited at shutdown."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def cancel_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _registry_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        await self.registry.start()
+        try:
+            yield
+        finally:
+            await self.registry.close()
 
     async def _rtmp_listener(self, app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
@@ -130,8 +202,56 @@ class Node:
             yield
         finally:
             server.close()
+            await self.before_close()
             await self.service.close_all("node shutting down")
+            await self.cancel_tasks()
             await server.wait_closed()
+
+    async def before_close(self) -> None:
+        """Role-specific shutdown work while the registry is still open (release claims, stop pulls)."""
+
+    async def _heartbeat_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(RegistryError, TimeoutError):
+                async with asyncio.timeout(2):
+                    await self.registry.remove_node(self.settings.node_id)
+
+    async def _heartbeat_loop(self) -> None:
+        backoff = Backoff(initial=0.5, maximum=self.settings.heartbeat_interval)
+        failing = False
+        last = time.monotonic()
+        while True:
+            now = time.monotonic()
+            total_out = sum(s.bytes_out for s in self.hub)
+            self._bits_out = max(0, total_out - self._bytes_out_seen) * 8 / max(now - last, 1e-3)
+            self._bytes_out_seen, last = total_out, now
+            try:
+                await self.registry.heartbeat(self.node_info(), self.settings.node_ttl)
+            except RegistryError as exc:
+                if not failing:
+                    log.warning("registry heartbeat failed (streams keep flowing; retrying): %s", exc)
+                failing = True
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if failing:
+                log.info("registry heartbeat works again")
+                failing = False
+                backoff.reset()
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a registry URL before printing it."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
 
 
 def configure_logging(level: str) -> None:
@@ -140,22 +260,34 @@ def configure_logging(level: str) -> None:
     )
 
 
-async def serve(node: Node, stop: asyncio.Event | None = None) -> None:
-    """Start the node's HTTP app (whose cleanup_ctx starts everything else) and run until stopped."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
-    runner = web.AppRunner(node.build_app(), access_log=None, handle_signals=False)
+async def start_node(node: Node) -> web.AppRunner:
+    """Start a node's HTTP app (whose cleanup_ctx starts everything else); returns the runner to clean up."""
+    runner = web.AppRunner(node.build_app(), access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     try:
         site = web.TCPSite(runner, node.settings.http.host, node.settings.http.port, reuse_address=True)
         await site.start()
-        bound = runner.addresses[0]
-        node.http_address = HostPort(node.settings.http.host, bound[1])
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0]
+    node.http_address = HostPort(node.settings.http.host, bound[1])
+    return runner
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def serve(node: Node, stop: asyncio.Event | None = None) -> None:
+    """Run one node until SIGINT/SIGTERM (or ``stop``)."""
+    stop = stop or asyncio.Event()
+    stop_on_signals(stop)
+    runner = await start_node(node)
+    try:
         print(node.banner(), flush=True)
         await stop.wait()
         log.info("shutting down")
@@ -163,10 +295,15 @@ async def serve(node: Node, stop: asyncio.Event | None = None) -> None:
         await runner.cleanup()
 
 
-def run(node: Node) -> None:
+def run_forever(main: Coroutine[Any, Any, None]) -> None:
+    """Run the top-level coroutine on uvloop when it is installed."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a declared dependency on Linux
-        asyncio.run(serve(node))
+        asyncio.run(main)
     else:
-        uvloop.run(serve(node))
+        uvloop.run(main)
+
+
+def run(node: Node) -> None:
+    run_forever(serve(node))

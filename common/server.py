@@ -26,7 +26,7 @@ from common.rtmp.events import (
 )
 from common.rtmp.messages import MEDIA_STREAM_ID
 from common.rtmp.session import SessionLimits
-from common.stream import Hub, Stream
+from common.stream import RTMP, Hub, Stream
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class Viewer:
     """A playing connection as the hub's Subscriber: writes go straight to the transport."""
 
     __slots__ = ("conn", "stream", "stream_id", "transport")
+    wire_format = RTMP
 
     def __init__(self, conn: RtmpServerProtocol, stream: Stream, stream_id: int) -> None:
         assert conn.transport is not None
@@ -123,8 +124,19 @@ class RtmpService:
         """A play for a stream with no local source: an edge starts a pull here."""
         return None
 
+    def viewer_joined(self, stream: Stream) -> None:
+        """A viewer started playing (RTMP or HTTP-FLV)."""
+
     def viewer_left(self, stream: Stream) -> None:
         """A viewer stopped playing (the stream may now have none)."""
+
+    async def locate_for_play(self, app: str, name: str, query: str) -> Stream | None:
+        """The live local stream to play, starting an upstream pull through find_source if needed."""
+        stream = self.hub.get(app, name)
+        if stream is not None and stream.publisher is not None:
+            return stream
+        stream = await self.find_source(app, name, query)
+        return stream if stream is not None and stream.publisher is not None else None
 
     # -- connection bookkeeping ----------------------------------------------------------------------
 
@@ -233,13 +245,13 @@ class RtmpService:
     async def _play_from_source(self, conn: RtmpServerProtocol, event: PlayRequested) -> None:
         app = conn.session.app
         try:
-            stream = await self.find_source(app, event.name, event.query)
+            stream = await self.locate_for_play(app, event.name, event.query)
         except Rejected as exc:
             conn.session.reject_play(event.stream_id, exc.code, exc.description)
             return
         if conn.closed:
             return
-        if stream is None or stream.publisher is None:
+        if stream is None:
             log.info("%s: play of unknown stream %s/%s", conn.peer, app, event.name)
             conn.session.reject_play(
                 event.stream_id, "NetStream.Play.StreamNotFound", f"{app}/{event.name} is not live"
@@ -253,6 +265,7 @@ class RtmpService:
         viewer = Viewer(conn, stream, event.stream_id)
         conn.viewer = viewer
         stream.add_subscriber(viewer)
+        self.viewer_joined(stream)
         log.info("%s: playing %s (%d viewers)", conn.peer, stream.key, stream.viewers)
 
     def _on_stream_deleted(self, conn: RtmpServerProtocol, event: StreamDeleted) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from common.media.flv import is_audio_sequence_header, is_video_keyframe, is_video_sequence_header
+from common.media.flv import flv_tag, is_audio_sequence_header, is_video_keyframe, is_video_sequence_header
 from common.rtmp import amf0
 from common.rtmp.chunk import encode_message
 from common.rtmp.errors import ProtocolError
@@ -26,23 +26,47 @@ AUDIO: Final = int(MessageType.AUDIO)
 VIDEO: Final = int(MessageType.VIDEO)
 DATA: Final = int(MessageType.DATA_AMF0)
 _CSID_FOR_KIND: Final = {AUDIO: CSID_AUDIO, VIDEO: CSID_VIDEO, DATA: CSID_DATA}
+RTMP: Final = "rtmp"  # wire formats a subscriber can take
+FLV: Final = "flv"
 
 
-@dataclass(frozen=True, slots=True)
 class Packet:
-    """One media message, immutable, with its wire bytes built once for every viewer."""
+    """One media message, immutable, with its wire bytes built once and shared by every viewer.
 
-    kind: int
-    timestamp: int
-    payload: bytes
-    keyframe: bool
-    rtmp: bytes  # type-0 chunked message on the fixed csid for its kind, message stream id 1
+    ``rtmp`` is the chunked message (type-0 header on the fixed csid for its kind, message stream 1),
+    built at once; ``flv`` is the FLV tag framed as one HTTP chunk, built on first use only (streams
+    without HTTP-FLV viewers never pay for it).
+    """
+
+    __slots__ = ("_flv", "keyframe", "kind", "payload", "rtmp", "timestamp")
+
+    def __init__(self, kind: int, timestamp: int, payload: bytes, keyframe: bool, rtmp: bytes) -> None:
+        self.kind = kind
+        self.timestamp = timestamp
+        self.payload = payload
+        self.keyframe = keyframe
+        self.rtmp = rtmp
+        self._flv: bytes | None = None
 
     @classmethod
     def build(cls, kind: int, timestamp: int, payload: bytes, chunk_size: int) -> Packet:
         keyframe = kind == VIDEO and is_video_keyframe(payload)
         wire = encode_message(_CSID_FOR_KIND[kind], timestamp, kind, MEDIA_STREAM_ID, payload, chunk_size)
         return cls(kind, timestamp, payload, keyframe, wire)
+
+    @property
+    def flv(self) -> bytes:
+        if self._flv is None:
+            self._flv = http_chunk(flv_tag(self.kind, self.timestamp, self.payload))
+        return self._flv
+
+    def wire(self, fmt: str) -> bytes:
+        return self.rtmp if fmt == RTMP else self.flv
+
+
+def http_chunk(data: bytes) -> bytes:
+    """One HTTP/1.1 chunked-transfer chunk; prebuilt per packet so FLV viewers share it too."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +81,8 @@ class HubLimits:
 
 class Subscriber(Protocol):
     """A viewer as the hub sees it: a non-blocking byte sink that can report its backlog."""
+
+    wire_format: str  # RTMP or FLV: which prebuilt bytes of each packet it takes
 
     def write(self, data: bytes) -> None: ...
     def buffered(self) -> int: ...
@@ -139,6 +165,7 @@ class Stream:
     packets_in: int = 0
     viewers_dropped: int = 0
     _subscribers: dict[Subscriber, _ViewerState] = field(default_factory=dict)
+    _by_format: dict[str, dict[Subscriber, _ViewerState]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.gop = GopCache(self.limits.gop_max_bytes, self.limits.gop_max_packets)
@@ -190,6 +217,7 @@ class Stream:
         self.publisher = None
         subscribers = list(self._subscribers)
         self._subscribers.clear()
+        self._by_format.clear()
         for subscriber in subscribers:
             subscriber.source_ended()
         self.metadata = self.video_header = self.audio_header = None
@@ -198,31 +226,41 @@ class Stream:
     # -- the viewer side -----------------------------------------------------------------------------
 
     def add_subscriber(self, subscriber: Subscriber) -> None:
-        self._subscribers[subscriber] = _ViewerState()
-        bootstrap = [p.rtmp for p in (self.metadata, self.video_header, self.audio_header) if p is not None]
-        bootstrap.extend(p.rtmp for p in self.gop)
+        state = _ViewerState()
+        fmt = subscriber.wire_format
+        self._subscribers[subscriber] = state
+        self._by_format.setdefault(fmt, {})[subscriber] = state
+        bootstrap = [p.wire(fmt) for p in (self.metadata, self.video_header, self.audio_header) if p is not None]
+        bootstrap.extend(p.wire(fmt) for p in self.gop)
         if bootstrap:
             data = b"".join(bootstrap)
             self.bytes_out += len(data)
             subscriber.write(data)
 
     def remove_subscriber(self, subscriber: Subscriber) -> None:
-        self._subscribers.pop(subscriber, None)
+        if self._subscribers.pop(subscriber, None) is not None:
+            group = self._by_format.get(subscriber.wire_format)
+            if group is not None:
+                group.pop(subscriber, None)
 
     def _fan_out(self, packet: Packet) -> None:
         if not self._subscribers:
             return
-        data = packet.rtmp
-        size = len(data)
         high_water = self.limits.viewer_high_water
         sent = 0
-        for subscriber, state in self._subscribers.items():
-            backlog = subscriber.buffered()
-            if backlog > high_water or state.skipping:
-                if not self._admit_lagging(subscriber, state, packet, backlog):
+        for fmt, group in self._by_format.items():
+            if not group:
+                continue
+            data = packet.wire(fmt)
+            size = len(data)
+            for subscriber, state in group.items():
+                backlog = subscriber.buffered()
+                if (backlog > high_water or state.skipping) and not self._admit_lagging(
+                    subscriber, state, packet, backlog
+                ):
                     continue
-            subscriber.write(data)
-            sent += size
+                subscriber.write(data)
+                sent += size
         self.bytes_out += sent
 
     def _admit_lagging(self, subscriber: Subscriber, state: _ViewerState, packet: Packet, backlog: int) -> bool:

@@ -1,3 +1,5 @@
+import sys
+
 from common.cli import main
 
-main(["origin", *__import__("sys").argv[1:]])
+main(["origin", *sys.argv[1:]])

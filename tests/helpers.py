@@ -78,17 +78,11 @@ class NodeProcess:
     def start(self, log_dir: Path) -> NodeProcess:
         self.log_path = log_dir / f"{self.role}-{self.rtmp_port}.log"
         log = self.log_path.open("w")
+        listen = ["--http", f"127.0.0.1:{self.http_port}"]
+        if self.role != "control":
+            listen += ["--rtmp", f"127.0.0.1:{self.rtmp_port}"]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                self.role,
-                "--rtmp",
-                f"127.0.0.1:{self.rtmp_port}",
-                "--http",
-                f"127.0.0.1:{self.http_port}",
-                *self.extra,
-            ],
+            [sys.executable, "-m", self.role, *listen, *self.extra],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -110,6 +104,12 @@ class NodeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path else ""
+
+    def kill(self) -> None:
+        """kill -9: no clean shutdown, no claim release."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from common.rtmp import amf0
 from common.rtmp.chunk import ChunkReader
-from common.stream import AUDIO, DATA, VIDEO, Hub, HubLimits, Stream
+from common.stream import AUDIO, DATA, RTMP, VIDEO, Hub, HubLimits, Stream
 
 AVC_HEADER = b"\x17\x00\x00\x00\x00\x01\x64\x00\x1f"
 AAC_HEADER = b"\xaf\x00\x12\x10"
@@ -15,6 +15,8 @@ META = amf0.encode("@setDataFrame", "onMetaData", {"width": 320.0, "height": 240
 
 
 class FakeViewer:
+    wire_format = RTMP
+
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
         self.backlog = 0

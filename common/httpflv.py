@@ -1,0 +1,86 @@
+"""HTTP-FLV viewers: GET /APP/NAME.flv streams the hub's packets as one FLV file, chunk-encoded.
+
+Each packet's FLV tag, already framed as an HTTP chunk, is built once and shared by all viewers, and
+written straight to the transport like RTMP viewers (no per-viewer await in the fan-out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from common.media.flv import flv_file_header
+from common.server import Rejected, RtmpService, valid_name
+from common.stream import FLV, Stream, http_chunk
+
+log = logging.getLogger(__name__)
+
+SERVICE_KEY = web.AppKey("rtmp_service", RtmpService)
+
+
+class FlvViewer:
+    __slots__ = ("done", "peer", "stream", "transport")
+    wire_format = FLV
+
+    def __init__(self, transport: asyncio.Transport, stream: Stream, peer: str) -> None:
+        self.transport = transport
+        self.stream = stream
+        self.peer = peer
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def write(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+    def buffered(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    def drop(self, reason: str) -> None:
+        log.warning("%s: dropping HTTP-FLV viewer of %s: %s", self.peer, self.stream.key, reason)
+        self.transport.abort()
+        self._finish(reason)
+
+    def source_ended(self) -> None:
+        # Returning from the handler ends the chunked body (aiohttp writes the last chunk).
+        self._finish(f"source of {self.stream.key} ended")
+
+    def _finish(self, reason: str) -> None:
+        if not self.done.done():
+            self.done.set_result(reason)
+
+
+async def play_flv(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE_KEY]
+    app, name = request.match_info["app"], request.match_info["name"]
+    if not valid_name(app) or not valid_name(name):
+        raise web.HTTPBadRequest(text=f"invalid stream {app}/{name}\n")
+    try:
+        stream = await service.locate_for_play(app, name, request.query_string)
+    except Rejected as exc:
+        raise web.HTTPForbidden(text=f"{exc.description}\n") from None
+    if stream is None:
+        raise web.HTTPNotFound(text=f"{app}/{name} is not live\n")
+    transport = request.transport
+    if transport is None:
+        raise web.HTTPServiceUnavailable()
+    response = web.StreamResponse(
+        headers={"Content-Type": "video/x-flv", "Cache-Control": "no-cache", "Access-Control-Allow-Origin": "*"}
+    )
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    peer = request.remote or "?"
+    viewer = FlvViewer(transport, stream, peer)
+    viewer.write(http_chunk(flv_file_header()))
+    stream.add_subscriber(viewer)
+    service.viewer_joined(stream)
+    log.info("%s: playing %s over HTTP-FLV (%d viewers)", peer, stream.key, stream.viewers)
+    try:
+        reason = await viewer.done
+        log.info("%s: HTTP-FLV viewer of %s done: %s", peer, stream.key, reason)
+    finally:  # also on cancellation: the client went away and aiohttp cancels the handler
+        stream.remove_subscriber(viewer)
+        service.viewer_left(stream)
+        service.hub.discard_if_idle(stream)
+    return response

@@ -1,0 +1,115 @@
+"""`livecdn up`: a whole local cluster in one process — an origin, two edges in two regions, the control
+plane — on loopback, sharing one registry (in-memory by default: nothing else to install)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from common.config import EdgeSettings, HostPort, NodeSettings
+from common.node import Node, start_node, stop_on_signals
+from common.registry import open_registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    host: str = "127.0.0.1"
+    rtmp_port: int = 1935  # origin; the edges take the next two (0: any free ports)
+    http_port: int = 8080  # control plane; origin and edges take the next three (0: any free ports)
+    registry: str = "memory://"
+    regions: tuple[str, str] = ("eu", "us")
+    idle_grace: float = 15.0
+
+
+def _port(base: int, offset: int) -> int:
+    return 0 if base == 0 else base + offset
+
+
+async def up(options: UpOptions, stop: asyncio.Event | None = None) -> None:
+    from control.node import serve_control
+    from edge.node import EdgeNode
+    from origin.node import OriginNode
+
+    stop = stop or asyncio.Event()
+    stop_on_signals(stop)
+    registry = open_registry(options.registry)
+    host = options.host
+    first, second = options.regions
+    nodes: list[Node] = [
+        OriginNode(
+            NodeSettings(
+                rtmp=HostPort(host, _port(options.rtmp_port, 0)),
+                http=HostPort(host, _port(options.http_port, 1)),
+                registry=options.registry,
+                region=first,
+                node_id="origin-1",
+            ),
+            registry,
+        )
+    ]
+    for index, region in enumerate((first, second)):
+        nodes.append(
+            EdgeNode(
+                EdgeSettings(
+                    rtmp=HostPort(host, _port(options.rtmp_port, 1 + index)),
+                    http=HostPort(host, _port(options.http_port, 2 + index)),
+                    registry=options.registry,
+                    region=region,
+                    node_id=f"edge-{region}-1",
+                    idle_grace=options.idle_grace,
+                ),
+                registry,
+            )
+        )
+    runners: list[web.AppRunner] = []
+    control_url: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    control_stop = asyncio.Event()
+    control = asyncio.create_task(
+        serve_control(
+            options.registry, host, options.http_port, control_stop, registry=registry, on_ready=control_url.set_result
+        ),
+        name="control plane",
+    )
+    try:
+        for node in nodes:
+            runners.append(await start_node(node))
+        waiting: set[asyncio.Future[Any]] = {control, control_url}
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if control in done:
+            control.result()  # raises what stopped it
+        print(_banner(nodes, control_url.result(), options), flush=True)
+        await stop.wait()
+        log.info("shutting down the local cluster")
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        control_stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await control
+
+
+def _banner(nodes: list[Node], control: str, options: UpOptions) -> str:
+    origin, *edges = nodes
+    lines = [
+        f"livecdn up: a local cluster (registry {options.registry})",
+        f"  control:  {control}/   (status page; {control}/v1/nodes, {control}/v1/streams)",
+        f"  publish:  {origin.rtmp_url()}   (origin {origin.settings.node_id}, region {origin.settings.region})",
+    ]
+    for index, edge in enumerate(edges):
+        label = "  play:     " if index == 0 else "            "
+        lines.append(
+            f"{label}{edge.rtmp_url()}   or   {edge.http_url('/live/STREAM.flv')}   "
+            f"({edge.settings.node_id}, region {edge.settings.region})"
+        )
+    lines += [
+        f"  route:    {control}/v1/route/play?stream=live/STREAM&region={edges[-1].settings.region}",
+        "  Replace STREAM with any name. Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)

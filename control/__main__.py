@@ -1,0 +1,5 @@
+import sys
+
+from common.cli import main
+
+main(["control", *sys.argv[1:]])

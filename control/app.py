@@ -1,0 +1,288 @@
+"""The control plane's HTTP API: publish/play routing, the 302 form for players, the cluster view,
+health, and a small status page. Routing decisions live in control.routing (pure functions); this
+module only reads the registry, validates input and shapes answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+
+from common.registry.base import NodeInfo, Registry, RegistryError
+from common.server import valid_name
+from control.routing import DEFAULT_EPSILON, choose_edge, choose_origin
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class NodeLists:
+    """Reads the registry's node lists, one request in flight per role: a burst of routing requests
+    shares one registry round trip instead of each making its own (no result is reused once that
+    round trip is over, so answers are never staler than one registry read)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._inflight: dict[str, asyncio.Task[list[NodeInfo]]] = {}
+
+    async def get(self, role: str) -> list[NodeInfo]:
+        task = self._inflight.get(role)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._registry.nodes(role))
+            self._inflight[role] = task
+            task.add_done_callback(lambda done: self._finished(role, done))
+        # shield: one caller going away must not cancel the read the others wait on.
+        return await asyncio.shield(task)
+
+    def _finished(self, role: str, task: asyncio.Task[list[NodeInfo]]) -> None:
+        if self._inflight.get(role) is task:
+            del self._inflight[role]
+        if not task.cancelled():
+            task.exception()  # retrieved here so an error nobody awaited anymore is not logged as lost
+
+    async def close(self) -> None:
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+REGISTRY_KEY: web.AppKey[Registry] = web.AppKey("registry", Registry)
+NODE_LISTS_KEY: web.AppKey[NodeLists] = web.AppKey("node_lists", NodeLists)
+EPSILON_KEY: web.AppKey[float] = web.AppKey("epsilon", float)
+
+
+class BadRequest(Exception):
+    """Invalid input; the text goes to the client with a 400."""
+
+
+class Unavailable(Exception):
+    """No node can take the request; the text goes to the client with a 503."""
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Translate failures once, at the boundary, into JSON errors with a clear text."""
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return error_response(400, str(exc))
+    except Unavailable as exc:
+        return error_response(503, str(exc))
+    except RegistryError as exc:
+        log.warning("registry error on %s %s: %s", request.method, request.path, exc)
+        return error_response(503, f"cluster registry unavailable, retry later: {exc}")
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            response = error_response(exc.status, exc.reason)
+            if "Allow" in exc.headers:  # 405 keeps telling which methods are allowed
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
+        raise
+
+
+# -- input -----------------------------------------------------------------------------------------
+
+
+def parse_stream(value: str | None) -> tuple[str, str]:
+    """`APP/NAME`, both path-safe names, nothing else (no query string, no extra segments)."""
+    if not value:
+        raise BadRequest("missing stream: pass stream=APP/NAME")
+    if "?" in value or "&" in value:
+        raise BadRequest(
+            f"invalid stream {value!r}: give it as APP/NAME without a query string "
+            "(a publish key belongs in the publisher's RTMP URL)"
+        )
+    parts = value.split("/")
+    if len(parts) != 2:
+        raise BadRequest(f"invalid stream {value!r}: expected exactly APP/NAME")
+    app, name = parts
+    for label, part in (("app", app), ("name", name)):
+        if not valid_name(part):
+            raise BadRequest(
+                f"invalid stream {label} {part!r}: use letters, digits, '_', '-', '.' "
+                "(up to 128, not starting with '.' or '-', no '..')"
+            )
+    return app, name
+
+
+def parse_region(request: web.Request) -> str | None:
+    value = request.query.get("region")
+    if value is None or value == "":
+        return None
+    if not valid_name(value):
+        raise BadRequest(f"invalid region {value!r}: use letters, digits, '_', '-', '.' (up to 128)")
+    return value
+
+
+# -- routing ---------------------------------------------------------------------------------------
+
+
+def _origin_answer(stream: str, origin: NodeInfo) -> dict[str, Any]:
+    return {"stream": stream, "origin": origin.id, "region": origin.region, "rtmp": f"rtmp://{origin.rtmp}/{stream}"}
+
+
+def _edge_answer(app: str, name: str, edge: NodeInfo) -> dict[str, Any]:
+    stream = f"{app}/{name}"
+    return {
+        "stream": stream,
+        "edge": edge.id,
+        "region": edge.region,
+        "rtmp": f"rtmp://{edge.rtmp}/{stream}",
+        "flv": f"http://{edge.http}/{stream}.flv",
+    }
+
+
+async def _route_play(request: web.Request, app: str, name: str, region: str | None) -> dict[str, Any]:
+    # Deliberately no registry.lookup: an edge answers StreamNotFound itself, and routing stays one read.
+    edges = await request.app[NODE_LISTS_KEY].get("edge")
+    edge = choose_edge(f"{app}/{name}", edges, region, epsilon=request.app[EPSILON_KEY])
+    if edge is None:
+        raise Unavailable("no healthy edge available to play from")
+    return _edge_answer(app, name, edge)
+
+
+async def route_publish(request: web.Request) -> web.Response:
+    app, name = parse_stream(request.query.get("stream"))
+    region = parse_region(request)
+    stream = f"{app}/{name}"
+    registry = request.app[REGISTRY_KEY]
+    claim, origins = await asyncio.gather(registry.lookup(stream), request.app[NODE_LISTS_KEY].get("origin"))
+    origin = choose_origin(origins, claim, region)
+    if origin is None:
+        raise Unavailable("no healthy origin available to publish to")
+    return web.json_response(_origin_answer(stream, origin))
+
+
+async def route_play(request: web.Request) -> web.Response:
+    app, name = parse_stream(request.query.get("stream"))
+    return web.json_response(await _route_play(request, app, name, parse_region(request)))
+
+
+async def play_redirect(request: web.Request) -> web.StreamResponse:
+    app, name = parse_stream(f"{request.match_info['app']}/{request.match_info['name']}")
+    fmt = request.query.get("format", "rtmp")
+    if fmt not in ("rtmp", "flv"):
+        raise BadRequest(f"invalid format {fmt!r}: use rtmp or flv")
+    answer = await _route_play(request, app, name, parse_region(request))
+    raise web.HTTPFound(answer[fmt], headers={"Cache-Control": "no-store"})
+
+
+# -- cluster view and health -----------------------------------------------------------------------
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    nodes = await request.app[REGISTRY_KEY].nodes()
+    return web.json_response({"nodes": [asdict(node) for node in nodes]})
+
+
+async def list_streams(request: web.Request) -> web.Response:
+    claims = await request.app[REGISTRY_KEY].streams()
+    return web.json_response({"streams": [asdict(claim) for claim in claims]})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        ready = await request.app[REGISTRY_KEY].ping()
+    except RegistryError as exc:
+        return web.json_response({"ready": False, "error": f"cluster registry unavailable: {exc}"}, status=503)
+    return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+
+def _row(cells: list[object]) -> str:
+    return "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in cells) + "</tr>"
+
+
+def _table(headers: list[str], rows: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(rows) or f'<tr><td colspan="{len(headers)}">none</td></tr>'
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+async def status_page(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY_KEY]
+    nodes, claims = await asyncio.gather(registry.nodes(), registry.streams())
+    node_rows = [
+        _row(
+            [
+                n.id,
+                n.role,
+                n.region,
+                n.rtmp,
+                n.http,
+                n.load.viewers,
+                n.load.streams,
+                f"{n.load.bits_out / 1e6:.2f}",
+                "draining" if n.draining else "ok",
+            ]
+        )
+        for n in nodes
+    ]
+    claim_rows = [_row([c.key, c.origin, c.rtmp_url, c.epoch]) for c in claims]
+    page = (
+        '<!doctype html><html><head><meta charset="utf-8"><title>livecdn control</title>'
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
+        "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}</style></head><body>"
+        f"<h1>livecdn control</h1><p>registry: {html.escape(registry.url)}</p>"
+        f"<h2>Nodes ({len(nodes)})</h2>"
+        + _table(["id", "role", "region", "rtmp", "http", "viewers", "streams", "Mbit/s out", "state"], node_rows)
+        + f"<h2>Streams ({len(claims)})</h2>"
+        + _table(["stream", "origin", "rtmp", "epoch"], claim_rows)
+        + "</body></html>"
+    )
+    return web.Response(text=page, content_type="text/html")
+
+
+# -- app -------------------------------------------------------------------------------------------
+
+
+def make_control_app(
+    registry: Registry, *, epsilon: float = DEFAULT_EPSILON, close_registry: bool = True
+) -> web.Application:
+    """The control plane app. The registry is started with the app; it is closed on shutdown unless
+    close_registry is False (for a registry the caller shares with other components and closes itself)."""
+    if epsilon < 0:
+        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+    app = web.Application(middlewares=[errors_middleware])
+    app[REGISTRY_KEY] = registry
+    app[EPSILON_KEY] = float(epsilon)
+    app[NODE_LISTS_KEY] = NodeLists(registry)
+
+    async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
+        await registry.start()
+        try:
+            yield
+        finally:
+            if close_registry:
+                await registry.close()
+
+    async def node_lists_ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await app[NODE_LISTS_KEY].close()
+
+    app.cleanup_ctx.append(registry_ctx)
+    app.cleanup_ctx.append(node_lists_ctx)
+    app.router.add_get("/", status_page)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/v1/route/publish", route_publish)
+    app.router.add_get("/v1/route/play", route_play)
+    app.router.add_get("/play/{app}/{name}", play_redirect)
+    app.router.add_get("/v1/nodes", list_nodes)
+    app.router.add_get("/v1/streams", list_streams)
+    return app

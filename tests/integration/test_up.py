@@ -1,0 +1,51 @@
+"""`./dev up` as the README says: one command, a working local cluster, a publish and a play through it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, play_and_decode, publishing, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_dev_up_runs_a_cluster_that_publishes_and_plays(test_flv: Path, tmp_path: Path) -> None:
+    log_path = tmp_path / "up.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [str(ROOT / "dev"), "up", "--rtmp-port", "0", "--http-port", "0"],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "LIVECDN_LOG_LEVEL": "info"},
+            start_new_session=True,
+        )
+    try:
+        banner = wait_for(lambda: "Ctrl-C" in (text := log_path.read_text()) and text, 60, "the banner")
+        publish = re.search(r"publish:\s+(rtmp://\S+)", banner)
+        plays = re.findall(r"(rtmp://\S+)\s+or\s+(http://\S+\.flv)", banner)
+        control = re.search(r"control:\s+(http://\S+?)/\s", banner)
+        assert publish and control and len(plays) == 2, banner
+        with publishing(test_flv, publish.group(1).replace("STREAM", "hello")):
+            wait_for(
+                lambda: json.load(urllib.request.urlopen(control.group(1) + "/v1/streams"))["streams"], 10, "claim"
+            )
+            for rtmp, flv in plays:
+                for url in (rtmp, flv):
+                    result = play_and_decode(url.replace("STREAM", "hello"), video_frames=10)
+                    assert result.returncode == 0 and result.video_frames == 10, (url, result.output)
+            route = json.load(urllib.request.urlopen(control.group(1) + "/v1/route/play?stream=live/hello&region=us"))
+            assert route["rtmp"] == plays[1][0].replace("STREAM", "hello")
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as a person would (the group is the one this test started)
+        assert proc.wait(20) == 0
+    assert "shutting down the local cluster" in log_path.read_text()
