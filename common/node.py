@@ -40,6 +40,7 @@ class Node:
                 gop_max_packets=settings.gop_max_packets,
                 viewer_high_water=settings.viewer_high_water,
                 viewer_max_buffer=settings.viewer_max_buffer,
+                merge_window=settings.merge_window,
             )
         )
         self.session_limits = SessionLimits(

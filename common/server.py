@@ -56,21 +56,17 @@ class Timeouts:
 class Viewer:
     """A playing connection as the hub's Subscriber: writes go straight to the transport."""
 
-    __slots__ = ("conn", "stream", "stream_id", "transport")
+    __slots__ = ("buffered", "conn", "stream", "stream_id", "write")
     wire_format = RTMP
 
     def __init__(self, conn: RtmpServerProtocol, stream: Stream, stream_id: int) -> None:
         assert conn.transport is not None
         self.conn = conn
-        self.transport = conn.transport
         self.stream = stream
         self.stream_id = stream_id
-
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def buffered(self) -> int:
-        return self.transport.get_write_buffer_size()
+        # The transport's own methods: the hub's fan-out loop calls them with no Python frame in between.
+        self.write = conn.transport.write
+        self.buffered = conn.transport.get_write_buffer_size
 
     def drop(self, reason: str) -> None:
         log.warning("%s: dropping viewer of %s: %s", self.conn.peer, self.stream.key, reason)

@@ -8,9 +8,10 @@ cached GOP first, so their first frame arrives at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -77,15 +78,32 @@ class HubLimits:
     viewer_high_water: int = 1 * 1024 * 1024  # buffered bytes: above it a viewer skips to the next key frame
     viewer_max_buffer: int = 8 * 1024 * 1024  # buffered bytes: above it a viewer is disconnected
     max_streams: int = 10_000
+    # Merged writes: packets arriving within this many seconds go to each viewer as one write (one
+    # syscall per viewer per window instead of per message). 0 writes every packet at once. The
+    # window is added to viewers' latency; see docs/BENCHMARKS.md for the trade.
+    merge_window: float = 0.02
+
+
+Scheduler = Callable[[float, Callable[[], None]], object]
+
+
+def asyncio_scheduler(delay: float, callback: Callable[[], None]) -> object:
+    return asyncio.get_running_loop().call_later(delay, callback)
 
 
 class Subscriber(Protocol):
-    """A viewer as the hub sees it: a non-blocking byte sink that can report its backlog."""
+    """A viewer as the hub sees it: a non-blocking byte sink that can report its backlog.
+
+    ``write`` and ``buffered`` are read once at subscribe time and called directly in the fan-out
+    loop, so a viewer can make them its transport's own (C) methods: no Python frame per write.
+    """
 
     wire_format: str  # RTMP or FLV: which prebuilt bytes of each packet it takes
 
-    def write(self, data: bytes) -> None: ...
-    def buffered(self) -> int: ...
+    @property
+    def write(self) -> Callable[[bytes], object]: ...
+    @property
+    def buffered(self) -> Callable[[], int]: ...
     def drop(self, reason: str) -> None: ...
     def source_ended(self) -> None: ...
 
@@ -134,7 +152,35 @@ class GopCache:
 
 @dataclass(slots=True)
 class _ViewerState:
+    subscriber: Subscriber
+    write: Callable[[bytes], object]
+    buffered: Callable[[], int]
     skipping: bool = False  # over the high-water mark: no media until it drains and a key frame comes
+
+
+class _Batch:
+    """The packets of one merge window in one wire format, joined once for every viewer."""
+
+    __slots__ = ("_resume", "data", "fmt", "packets", "stream")
+
+    def __init__(self, stream: Stream, packets: list[Packet], fmt: str) -> None:
+        self.stream = stream
+        self.packets = packets
+        self.fmt = fmt
+        self.data = packets[0].wire(fmt) if len(packets) == 1 else b"".join(p.wire(fmt) for p in packets)
+        self._resume: bytes | None = None
+
+    def resume(self) -> bytes | None:
+        """For a viewer rejoining live: current metadata and sequence headers, then the batch from its first
+        key frame. None when the batch has no key frame (the viewer keeps waiting)."""
+        if self._resume is None:
+            start = next((i for i, p in enumerate(self.packets) if p.keyframe), None)
+            if start is None:
+                return None
+            stream, fmt = self.stream, self.fmt
+            headers = [p.wire(fmt) for p in (stream.metadata, stream.video_header, stream.audio_header) if p]
+            self._resume = b"".join([*headers, *(p.wire(fmt) for p in self.packets[start:])])
+        return self._resume
 
 
 def metadata_payload(payload: bytes) -> bytes | None:
@@ -164,8 +210,11 @@ class Stream:
     bytes_out: int = 0
     packets_in: int = 0
     viewers_dropped: int = 0
+    scheduler: Scheduler = asyncio_scheduler
     _subscribers: dict[Subscriber, _ViewerState] = field(default_factory=dict)
     _by_format: dict[str, dict[Subscriber, _ViewerState]] = field(default_factory=dict)
+    _pending: list[Packet] = field(default_factory=list)
+    _flush_scheduled: bool = False
 
     def __post_init__(self) -> None:
         self.gop = GopCache(self.limits.gop_max_bytes, self.limits.gop_max_packets)
@@ -213,7 +262,8 @@ class Stream:
         return packet
 
     def end_of_source(self) -> None:
-        """The publisher left: viewers are told and let go; caches are emptied."""
+        """The publisher left: what is pending goes out, viewers are told and let go; caches are emptied."""
+        self.flush()
         self.publisher = None
         subscribers = list(self._subscribers)
         self._subscribers.clear()
@@ -226,16 +276,19 @@ class Stream:
     # -- the viewer side -----------------------------------------------------------------------------
 
     def add_subscriber(self, subscriber: Subscriber) -> None:
-        state = _ViewerState()
+        state = _ViewerState(subscriber, subscriber.write, subscriber.buffered)
         fmt = subscriber.wire_format
         self._subscribers[subscriber] = state
         self._by_format.setdefault(fmt, {})[subscriber] = state
-        bootstrap = [p.wire(fmt) for p in (self.metadata, self.video_header, self.audio_header) if p is not None]
-        bootstrap.extend(p.wire(fmt) for p in self.gop)
+        # Packets still waiting for the merge window reach this viewer with the next flush: leave them out.
+        pending = {id(p) for p in self._pending}
+        cached = [p for p in (self.metadata, self.video_header, self.audio_header) if p is not None]
+        cached.extend(self.gop)
+        bootstrap = [p.wire(fmt) for p in cached if id(p) not in pending]
         if bootstrap:
             data = b"".join(bootstrap)
             self.bytes_out += len(data)
-            subscriber.write(data)
+            state.write(data)
 
     def remove_subscriber(self, subscriber: Subscriber) -> None:
         if self._subscribers.pop(subscriber, None) is not None:
@@ -246,44 +299,67 @@ class Stream:
     def _fan_out(self, packet: Packet) -> None:
         if not self._subscribers:
             return
+        window = self.limits.merge_window
+        if window <= 0:
+            self._deliver([packet])
+            return
+        self._pending.append(packet)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.scheduler(window, self.flush)
+
+    def flush(self) -> None:
+        """Write everything the merge window collected: one join per format, one write per viewer."""
+        self._flush_scheduled = False
+        packets, self._pending = self._pending, []
+        if packets and self._subscribers:
+            self._deliver(packets)
+
+    def _deliver(self, packets: list[Packet]) -> None:
         high_water = self.limits.viewer_high_water
         sent = 0
         for fmt, group in self._by_format.items():
             if not group:
                 continue
-            data = packet.wire(fmt)
+            batch = _Batch(self, packets, fmt)
+            data = batch.data
             size = len(data)
-            for subscriber, state in group.items():
-                backlog = subscriber.buffered()
-                if (backlog > high_water or state.skipping) and not self._admit_lagging(
-                    subscriber, state, packet, backlog
-                ):
+            for state in group.values():
+                backlog = state.buffered()
+                if backlog > high_water or state.skipping:
+                    resume = self._lagging(state, batch, backlog)
+                    if resume is not None:
+                        state.write(resume)
+                        sent += len(resume)
                     continue
-                subscriber.write(data)
+                state.write(data)
                 sent += size
         self.bytes_out += sent
 
-    def _admit_lagging(self, subscriber: Subscriber, state: _ViewerState, packet: Packet, backlog: int) -> bool:
-        """Slow viewer policy: skip media while over the high-water mark, rejoin live at a key frame."""
+    def _lagging(self, state: _ViewerState, batch: _Batch, backlog: int) -> bytes | None:
+        """Slow viewer policy: nothing while over the high-water mark; once drained, rejoin live at a key
+        frame with the sequence headers; past the hard limit, disconnect. Returns what to write, if anything."""
         if backlog > self.limits.viewer_max_buffer:
             self.viewers_dropped += 1
-            # Defer removal: we are iterating the subscriber dict.
-            subscriber.drop(f"viewer fell {backlog} bytes behind (limit {self.limits.viewer_max_buffer})")
-            return False
+            # The transport closes later (outside this loop), and the connection's cleanup unsubscribes it.
+            state.subscriber.drop(f"viewer fell {backlog} bytes behind (limit {self.limits.viewer_max_buffer})")
+            state.skipping = True
+            return None
         if backlog > self.limits.viewer_high_water:
             state.skipping = True
-            return packet.kind == DATA and packet is self.metadata
-        if packet.keyframe:
+            return None
+        resume = batch.resume()
+        if resume is not None:
             state.skipping = False
-            return True
-        return packet.kind == DATA
+        return resume
 
 
 class Hub:
     """All streams of one node, by app/name."""
 
-    def __init__(self, limits: HubLimits | None = None) -> None:
+    def __init__(self, limits: HubLimits | None = None, scheduler: Scheduler = asyncio_scheduler) -> None:
         self.limits = limits or HubLimits()
+        self.scheduler = scheduler
         self._streams: dict[str, Stream] = {}
 
     def get(self, app: str, name: str) -> Stream | None:
@@ -295,7 +371,7 @@ class Hub:
         if stream is None:
             if len(self._streams) >= self.limits.max_streams:
                 raise OverflowError(f"hub holds its maximum of {self.limits.max_streams} streams")
-            stream = self._streams[key] = Stream(app, name, self.limits)
+            stream = self._streams[key] = Stream(app, name, self.limits, scheduler=self.scheduler)
         return stream
 
     def discard_if_idle(self, stream: Stream) -> None:

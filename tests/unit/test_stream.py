@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from common.rtmp import amf0
 from common.rtmp.chunk import ChunkReader
 from common.stream import AUDIO, DATA, RTMP, VIDEO, Hub, HubLimits, Stream
@@ -41,8 +43,26 @@ class FakeViewer:
         return [(m.type_id, m.timestamp, m.payload) for m in reader.feed(b"".join(self.chunks))]
 
 
-def live_stream(limits: HubLimits | None = None) -> Stream:
-    stream = Hub(limits).get_or_create("live", "cam")
+IMMEDIATE = HubLimits(merge_window=0)
+
+
+class ManualScheduler:
+    """Stands in for the event loop's call_later: the test decides when a merge window ends."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, Callable[[], None]]] = []
+
+    def __call__(self, delay: float, callback: Callable[[], None]) -> None:
+        self.calls.append((delay, callback))
+
+    def fire(self) -> None:
+        calls, self.calls = self.calls, []
+        for _, callback in calls:
+            callback()
+
+
+def live_stream(limits: HubLimits = IMMEDIATE, scheduler: ManualScheduler | None = None) -> Stream:
+    stream = Hub(limits, scheduler or ManualScheduler()).get_or_create("live", "cam")
     stream.publisher = object()
     stream.feed(DATA, 0, META)
     stream.feed(VIDEO, 0, AVC_HEADER)
@@ -83,7 +103,7 @@ def test_late_joiner_gets_metadata_headers_then_gop_from_last_keyframe() -> None
 
 
 def test_gop_cache_is_bounded_in_bytes_and_packets() -> None:
-    stream = live_stream(HubLimits(gop_max_bytes=2000, gop_max_packets=1000))
+    stream = live_stream(HubLimits(gop_max_bytes=2000, gop_max_packets=1000, merge_window=0))
     stream.feed(VIDEO, 0, KEY)
     for i in range(100):
         stream.feed(VIDEO, 40 * (i + 1), INTER + b"x" * 100)
@@ -91,7 +111,7 @@ def test_gop_cache_is_bounded_in_bytes_and_packets() -> None:
     assert len(stream.gop) == 0  # over the bound: dropped until the next key frame
     stream.feed(VIDEO, 5000, KEY)
     assert len(stream.gop) == 1
-    packets = live_stream(HubLimits(gop_max_packets=5))
+    packets = live_stream(HubLimits(gop_max_packets=5, merge_window=0))
     packets.feed(VIDEO, 0, KEY)
     for i in range(20):
         packets.feed(AUDIO, i, AUDIO_FRAME)
@@ -106,7 +126,7 @@ def test_no_gop_before_first_keyframe() -> None:
 
 
 def test_slow_viewer_skips_to_next_keyframe_and_others_are_unaffected() -> None:
-    stream = live_stream(HubLimits(viewer_high_water=1000, viewer_max_buffer=100_000))
+    stream = live_stream(HubLimits(viewer_high_water=1000, viewer_max_buffer=100_000, merge_window=0))
     fast, slow = FakeViewer(), FakeViewer()
     stream.add_subscriber(fast)
     stream.add_subscriber(slow)
@@ -122,12 +142,13 @@ def test_slow_viewer_skips_to_next_keyframe_and_others_are_unaffected() -> None:
     assert slow.chunks == []
     stream.feed(VIDEO, 2000, KEY)
     stream.feed(VIDEO, 2040, INTER)
-    assert [m[1] for m in slow.messages()] == [2000, 2040]
+    # It rejoins at the key frame with metadata and sequence headers first, so a decoder restarts cleanly.
+    assert [(m[0], m[1]) for m in slow.messages()] == [(DATA, 0), (VIDEO, 0), (AUDIO, 0), (VIDEO, 2000), (VIDEO, 2040)]
     assert [m[1] for m in fast.messages()][-7:] == [0, 10, 40, 80, 90, 2000, 2040]
 
 
 def test_viewer_past_the_limit_is_dropped() -> None:
-    stream = live_stream(HubLimits(viewer_high_water=1000, viewer_max_buffer=10_000))
+    stream = live_stream(HubLimits(viewer_high_water=1000, viewer_max_buffer=10_000, merge_window=0))
     viewer = FakeViewer()
     stream.add_subscriber(viewer)
     viewer.backlog = 20_000
@@ -148,7 +169,7 @@ def test_end_of_source_tells_viewers_and_clears_caches() -> None:
 
 
 def test_hub_bounds_its_stream_count_and_discards_idle_streams() -> None:
-    hub = Hub(HubLimits(max_streams=2))
+    hub = Hub(HubLimits(max_streams=2), ManualScheduler())
     a = hub.get_or_create("live", "a")
     hub.get_or_create("live", "b")
     try:
@@ -167,3 +188,70 @@ def test_enhanced_rtmp_hevc_sequence_start_is_cached_as_header() -> None:
     hevc_start = bytes([0x80 | 0x10 | 0]) + b"hvc1" + b"config"  # ExHeader, key frame, SequenceStart
     stream.feed(VIDEO, 0, hevc_start)
     assert stream.video_header is not None and stream.video_header.payload == hevc_start
+
+
+MERGED = HubLimits(merge_window=0.05)
+
+
+def test_merge_window_joins_packets_into_one_write_shared_by_all_viewers() -> None:
+    scheduler = ManualScheduler()
+    stream = live_stream(MERGED, scheduler)
+    viewers = [FakeViewer() for _ in range(3)]
+    for viewer in viewers:
+        stream.add_subscriber(viewer)
+        viewer.chunks.clear()
+    stream.feed(VIDEO, 0, KEY)
+    stream.feed(AUDIO, 10, AUDIO_FRAME)
+    stream.feed(VIDEO, 40, INTER)
+    assert all(v.chunks == [] for v in viewers), "nothing is written before the window ends"
+    assert len(scheduler.calls) == 1 and scheduler.calls[0][0] == 0.05
+    scheduler.fire()
+    assert all(len(v.chunks) == 1 for v in viewers), "one write per viewer per window"
+    assert viewers[0].chunks[0] is viewers[1].chunks[0] is viewers[2].chunks[0], "joined once, shared"
+    assert [m[1] for m in viewers[0].messages()] == [0, 10, 40]
+
+
+def test_joining_inside_a_window_gets_each_packet_exactly_once() -> None:
+    scheduler = ManualScheduler()
+    stream = live_stream(MERGED, scheduler)
+    early = FakeViewer()
+    stream.add_subscriber(early)
+    stream.feed(VIDEO, 0, KEY)
+    stream.feed(VIDEO, 40, INTER)
+    scheduler.fire()
+    stream.feed(VIDEO, 80, INTER)  # pending when the late viewer joins
+    late = FakeViewer()
+    stream.add_subscriber(late)
+    stream.feed(VIDEO, 120, INTER)
+    scheduler.fire()
+    assert [m[1] for m in late.messages() if m[0] == VIDEO] == [0, 0, 40, 80, 120]  # header, then GOP, once each
+    assert [m[1] for m in early.messages() if m[0] == VIDEO] == [0, 0, 40, 80, 120]
+
+
+def test_slow_viewer_rejoins_mid_window_batch_at_its_key_frame() -> None:
+    scheduler = ManualScheduler()
+    stream = live_stream(HubLimits(merge_window=0.05, viewer_high_water=1000, viewer_max_buffer=100_000), scheduler)
+    slow = FakeViewer()
+    stream.add_subscriber(slow)
+    slow.chunks.clear()
+    slow.backlog = 5000
+    stream.feed(VIDEO, 0, KEY)
+    scheduler.fire()
+    assert slow.chunks == []
+    slow.backlog = 0
+    stream.feed(AUDIO, 2000, AUDIO_FRAME)
+    stream.feed(VIDEO, 2040, KEY)
+    stream.feed(AUDIO, 2050, AUDIO_FRAME)
+    scheduler.fire()
+    assert [(m[0], m[1]) for m in slow.messages()] == [(DATA, 0), (VIDEO, 0), (AUDIO, 0), (VIDEO, 2040), (AUDIO, 2050)]
+
+
+def test_end_of_source_flushes_what_is_pending_first() -> None:
+    scheduler = ManualScheduler()
+    stream = live_stream(MERGED, scheduler)
+    viewer = FakeViewer()
+    stream.add_subscriber(viewer)
+    stream.feed(VIDEO, 0, KEY)
+    stream.end_of_source()
+    assert [m[1] for m in viewer.messages() if m[0] == VIDEO] == [0, 0]
+    assert viewer.ended
