@@ -77,6 +77,12 @@ class NodeSettings(BaseSettings):
     gop_max_packets: int = Field(default=4096, ge=0)
     viewer_high_water: int = Field(default=1024 * 1024, ge=16 * 1024)
     viewer_max_buffer: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    viewer_max_stall: float = Field(
+        default=10.0, gt=0, description="seconds a viewer may stay behind (skipping) before it is disconnected"
+    )
+    viewer_sndbuf: int = Field(
+        default=0, ge=0, le=64 * 1024 * 1024, description="SO_SNDBUF of viewer sockets in bytes (0: kernel autotuning)"
+    )
     merge_window: float = Field(
         default=0.02, ge=0, le=1.0, description="seconds of packets merged into one write per viewer (0: none)"
     )

@@ -40,6 +40,7 @@ class Node:
                 gop_max_packets=settings.gop_max_packets,
                 viewer_high_water=settings.viewer_high_water,
                 viewer_max_buffer=settings.viewer_max_buffer,
+                viewer_max_stall=settings.viewer_max_stall,
                 merge_window=settings.merge_window,
             )
         )
@@ -60,8 +61,16 @@ class Node:
         self._bytes_out_seen = 0
         self._bits_out = 0.0
 
+    def service_options(self) -> dict[str, Any]:
+        """What every role's RtmpService is built with."""
+        return {
+            "session_limits": self.session_limits,
+            "timeouts": self.timeouts,
+            "viewer_sndbuf": self.settings.viewer_sndbuf,
+        }
+
     def make_service(self) -> RtmpService:
-        return RtmpService(self.hub, session_limits=self.session_limits, timeouts=self.timeouts)
+        return RtmpService(self.hub, **self.service_options())
 
     # -- views ---------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -88,11 +89,13 @@ class RtmpService:
         session_limits: SessionLimits | None = None,
         timeouts: Timeouts | None = None,
         node_name: str = "livecdn",
+        viewer_sndbuf: int = 0,
     ) -> None:
         self.hub = hub
         self.session_limits = session_limits or SessionLimits(out_chunk_size=hub.limits.chunk_size)
         self.timeouts = timeouts or Timeouts()
         self.node_name = node_name
+        self.viewer_sndbuf = viewer_sndbuf
         self.connections: set[RtmpServerProtocol] = set()
         self.protocol_errors = 0
         self.connections_total = 0
@@ -258,6 +261,11 @@ class RtmpService:
     def _start_play(self, conn: RtmpServerProtocol, stream: Stream, event: PlayRequested) -> None:
         conn.session.accept_play(event.stream_id, event.name)
         conn.flush()  # status messages must reach the player before the bootstrap packets
+        if self.viewer_sndbuf and conn.transport is not None:
+            # Bounds the kernel memory a stalled viewer can pin; past it the hub's own limits apply.
+            sock = conn.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.viewer_sndbuf)
         viewer = Viewer(conn, stream, event.stream_id)
         conn.viewer = viewer
         stream.add_subscriber(viewer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class HubLimits:
     gop_max_packets: int = 4096
     viewer_high_water: int = 1 * 1024 * 1024  # buffered bytes: above it a viewer skips to the next key frame
     viewer_max_buffer: int = 8 * 1024 * 1024  # buffered bytes: above it a viewer is disconnected
+    viewer_max_stall: float = 10.0  # seconds: a viewer skipped this long without catching up is disconnected
     max_streams: int = 10_000
     # Merged writes: packets arriving within this many seconds go to each viewer as one write (one
     # syscall per viewer per window instead of per message). 0 writes every packet at once. The
@@ -156,6 +158,7 @@ class _ViewerState:
     write: Callable[[bytes], object]
     buffered: Callable[[], int]
     skipping: bool = False  # over the high-water mark: no media until it drains and a key frame comes
+    skipping_since: float = 0.0
 
 
 class _Batch:
@@ -211,9 +214,11 @@ class Stream:
     packets_in: int = 0
     viewers_dropped: int = 0
     scheduler: Scheduler = asyncio_scheduler
+    clock: Callable[[], float] = time.monotonic
     _subscribers: dict[Subscriber, _ViewerState] = field(default_factory=dict)
     _by_format: dict[str, dict[Subscriber, _ViewerState]] = field(default_factory=dict)
     _pending: list[Packet] = field(default_factory=list)
+    _doomed: list[tuple[Subscriber, str]] = field(default_factory=list)
     _flush_scheduled: bool = False
 
     def __post_init__(self) -> None:
@@ -335,31 +340,51 @@ class Stream:
                 state.write(data)
                 sent += size
         self.bytes_out += sent
+        if self._doomed:
+            doomed, self._doomed = self._doomed, []
+            for subscriber, reason in doomed:
+                self.remove_subscriber(subscriber)
+                self.viewers_dropped += 1
+                subscriber.drop(reason)  # its transport closes later, outside the fan-out
 
     def _lagging(self, state: _ViewerState, batch: _Batch, backlog: int) -> bytes | None:
         """Slow viewer policy: nothing while over the high-water mark; once drained, rejoin live at a key
-        frame with the sequence headers; past the hard limit, disconnect. Returns what to write, if anything."""
-        if backlog > self.limits.viewer_max_buffer:
-            self.viewers_dropped += 1
-            # The transport closes later (outside this loop), and the connection's cleanup unsubscribes it.
-            state.subscriber.drop(f"viewer fell {backlog} bytes behind (limit {self.limits.viewer_max_buffer})")
+        frame with the sequence headers. Disconnected past the byte limit, or when it stays behind longer
+        than the stall limit. Returns what to write, if anything."""
+        limits = self.limits
+        if not state.skipping:
             state.skipping = True
+            state.skipping_since = self.clock()
+        if backlog > limits.viewer_max_buffer:
+            self._drop(state, f"viewer fell {backlog} bytes behind (limit {limits.viewer_max_buffer})")
             return None
-        if backlog > self.limits.viewer_high_water:
-            state.skipping = True
+        if backlog > limits.viewer_high_water:
+            stalled = self.clock() - state.skipping_since
+            if stalled > limits.viewer_max_stall:
+                self._drop(state, f"viewer stayed {stalled:.1f}s behind (limit {limits.viewer_max_stall:g}s)")
             return None
         resume = batch.resume()
         if resume is not None:
             state.skipping = False
         return resume
 
+    def _drop(self, state: _ViewerState, reason: str) -> None:
+        """Mark for disconnection; _deliver lets it go after its loop (the dicts must not change inside)."""
+        self._doomed.append((state.subscriber, reason))
+
 
 class Hub:
     """All streams of one node, by app/name."""
 
-    def __init__(self, limits: HubLimits | None = None, scheduler: Scheduler = asyncio_scheduler) -> None:
+    def __init__(
+        self,
+        limits: HubLimits | None = None,
+        scheduler: Scheduler = asyncio_scheduler,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limits = limits or HubLimits()
         self.scheduler = scheduler
+        self.clock = clock
         self._streams: dict[str, Stream] = {}
 
     def get(self, app: str, name: str) -> Stream | None:
@@ -371,7 +396,7 @@ class Hub:
         if stream is None:
             if len(self._streams) >= self.limits.max_streams:
                 raise OverflowError(f"hub holds its maximum of {self.limits.max_streams} streams")
-            stream = self._streams[key] = Stream(app, name, self.limits, scheduler=self.scheduler)
+            stream = self._streams[key] = Stream(app, name, self.limits, scheduler=self.scheduler, clock=self.clock)
         return stream
 
     def discard_if_idle(self, stream: Stream) -> None:

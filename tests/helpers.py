@@ -121,8 +121,12 @@ class NodeProcess:
                 self.proc.wait(5)
 
 
-def make_test_flv(path: Path, seconds: int = 8, gop: int = 25, fps: int = 25, bitrate: str = "400k") -> Path:
-    """A small H.264/AAC FLV with a short GOP, made once per session by real ffmpeg."""
+def make_test_flv(
+    path: Path, seconds: int = 8, gop: int = 25, fps: int = 25, bitrate: str = "400k", *, cbr: bool = False
+) -> Path:
+    """A small H.264/AAC FLV with a short GOP, made once per session by real ffmpeg. ``cbr`` pads the
+    video to a constant bitrate (x264 filler data), so a test pattern really weighs ``bitrate``."""
+    rate = ["-minrate", bitrate, "-maxrate", bitrate, "-bufsize", bitrate, "-x264-params", "nal-hrd=cbr"] if cbr else []
     subprocess.run(
         [
             ffmpeg_path(),
@@ -148,6 +152,7 @@ def make_test_flv(path: Path, seconds: int = 8, gop: int = 25, fps: int = 25, bi
             "zerolatency",
             "-b:v",
             bitrate,
+            *rate,
             "-g",
             str(gop),
             "-keyint_min",

@@ -154,7 +154,7 @@ def test_viewer_past_the_limit_is_dropped() -> None:
     viewer.backlog = 20_000
     stream.feed(VIDEO, 0, KEY)
     assert viewer.dropped is not None and "behind" in viewer.dropped
-    assert stream.viewers_dropped == 1
+    assert stream.viewers_dropped == 1 and stream.viewers == 0
 
 
 def test_end_of_source_tells_viewers_and_clears_caches() -> None:
@@ -255,3 +255,26 @@ def test_end_of_source_flushes_what_is_pending_first() -> None:
     stream.end_of_source()
     assert [m[1] for m in viewer.messages() if m[0] == VIDEO] == [0, 0]
     assert viewer.ended
+
+
+def test_viewer_that_stays_behind_past_the_stall_limit_is_dropped() -> None:
+    now = [100.0]
+    hub = Hub(
+        HubLimits(merge_window=0, viewer_high_water=1000, viewer_max_stall=5.0), ManualScheduler(), lambda: now[0]
+    )
+    stream = hub.get_or_create("live", "cam")
+    stream.publisher = object()
+    stuck, fine = FakeViewer(), FakeViewer()
+    stream.add_subscriber(stuck)
+    stream.add_subscriber(fine)
+    stuck.backlog = 5000  # never drains, never grows (nothing more is written to it)
+    stream.feed(VIDEO, 0, KEY)
+    now[0] += 4.0
+    stream.feed(VIDEO, 40, INTER)
+    assert stuck.dropped is None, "within the stall limit it only skips"
+    now[0] += 2.0
+    stream.feed(VIDEO, 80, INTER)
+    assert stuck.dropped is not None and "behind" in stuck.dropped
+    assert stream.viewers == 1 and stream.viewers_dropped == 1
+    stream.feed(VIDEO, 120, INTER)
+    assert [m[1] for m in fine.messages()] == [0, 40, 80, 120]
