@@ -68,7 +68,7 @@ class EdgeNode(Node):
             pull_timeout=self.settings.pull_timeout,
             reconnect_window=self.settings.reconnect_window,
         )
-        return EdgeService(self, session_limits=self.session_limits, timeouts=self.timeouts)
+        return EdgeService(self, **self.service_options())
 
     def stream_extra(self, stream: Stream) -> dict[str, Any]:
         puller = stream.publisher if isinstance(stream.publisher, Puller) else None

@@ -90,7 +90,7 @@ class OriginNode(Node):
     service: OriginService
 
     def make_service(self) -> OriginService:
-        return OriginService(self, session_limits=self.session_limits, timeouts=self.timeouts)
+        return OriginService(self, **self.service_options())
 
     def build_app(self) -> Any:
         app = super().build_app()
