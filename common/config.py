@@ -83,6 +83,9 @@ class NodeSettings(BaseSettings):
     viewer_sndbuf: int = Field(
         default=0, ge=0, le=64 * 1024 * 1024, description="SO_SNDBUF of viewer sockets in bytes (0: kernel autotuning)"
     )
+    merge_phases: int = Field(
+        default=0, ge=0, le=16, description="viewer groups flushed in turn across the window (0: one per 25 ms)"
+    )
     merge_window: float = Field(
         default=0.02, ge=0, le=1.0, description="seconds of packets merged into one write per viewer (0: none)"
     )

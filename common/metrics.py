@@ -39,6 +39,11 @@ class NodeCollector(Collector):
         yield counter("livecdn_rtmp_connections", "RTMP connections accepted", node["connections_total"])
         yield counter("livecdn_protocol_errors", "Connections closed for RTMP protocol errors", node["protocol_errors"])
         yield counter(
+            "livecdn_viewer_skips",
+            "Times a viewer fell behind and skipped ahead to a key frame",
+            sum(s["viewer_skips"] for s in streams),
+        )
+        yield counter(
             "livecdn_viewers_dropped",
             "Viewers disconnected for falling too far behind",
             sum(s["viewers_dropped"] for s in streams),

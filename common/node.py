@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import sys
 import time
@@ -42,6 +43,7 @@ class Node:
                 viewer_max_buffer=settings.viewer_max_buffer,
                 viewer_max_stall=settings.viewer_max_stall,
                 merge_window=settings.merge_window,
+                merge_phases=settings.merge_phases,
             )
         )
         self.session_limits = SessionLimits(
@@ -91,6 +93,7 @@ class Node:
                 "gop_packets": len(s.gop),
                 "gop_bytes": s.gop.nbytes,
                 "viewers_dropped": s.viewers_dropped,
+                "viewer_skips": s.viewer_skips,
                 "has_metadata": s.metadata is not None,
                 "has_video_header": s.video_header is not None,
                 "has_audio_header": s.audio_header is not None,
@@ -305,8 +308,22 @@ async def serve(node: Node, stop: asyncio.Event | None = None) -> None:
         await runner.cleanup()
 
 
+def raise_fd_limit() -> None:
+    """Every viewer is a socket: lift the soft open-files limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("open-files limit stays at %d (%s): at most that many viewers", soft, exc)
+            return
+        log.info("open-files limit raised from %d to %d", soft, target)
+
+
 def run_forever(main: Coroutine[Any, Any, None]) -> None:
     """Run the top-level coroutine on uvloop when it is installed."""
+    raise_fd_limit()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a declared dependency on Linux

@@ -14,8 +14,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final
 
+from common.fanout import FanOut, Scheduler, Subscriber
 from common.media.flv import flv_tag, is_audio_sequence_header, is_video_keyframe, is_video_sequence_header
 from common.rtmp import amf0
 from common.rtmp.chunk import encode_message
@@ -84,30 +85,11 @@ class HubLimits:
     # syscall per viewer per window instead of per message). 0 writes every packet at once. The
     # window is added to viewers' latency; see docs/BENCHMARKS.md for the trade.
     merge_window: float = 0.02
-
-
-Scheduler = Callable[[float, Callable[[], None]], object]
+    merge_phases: int = 0  # groups of viewers flushed in turn across the window; 0: one per 25 ms of window
 
 
 def asyncio_scheduler(delay: float, callback: Callable[[], None]) -> object:
     return asyncio.get_running_loop().call_later(delay, callback)
-
-
-class Subscriber(Protocol):
-    """A viewer as the hub sees it: a non-blocking byte sink that can report its backlog.
-
-    ``write`` and ``buffered`` are read once at subscribe time and called directly in the fan-out
-    loop, so a viewer can make them its transport's own (C) methods: no Python frame per write.
-    """
-
-    wire_format: str  # RTMP or FLV: which prebuilt bytes of each packet it takes
-
-    @property
-    def write(self) -> Callable[[bytes], object]: ...
-    @property
-    def buffered(self) -> Callable[[], int]: ...
-    def drop(self, reason: str) -> None: ...
-    def source_ended(self) -> None: ...
 
 
 class GopCache:
@@ -152,40 +134,6 @@ class GopCache:
         return len(self._packets)
 
 
-@dataclass(slots=True)
-class _ViewerState:
-    subscriber: Subscriber
-    write: Callable[[bytes], object]
-    buffered: Callable[[], int]
-    skipping: bool = False  # over the high-water mark: no media until it drains and a key frame comes
-    skipping_since: float = 0.0
-
-
-class _Batch:
-    """The packets of one merge window in one wire format, joined once for every viewer."""
-
-    __slots__ = ("_resume", "data", "fmt", "packets", "stream")
-
-    def __init__(self, stream: Stream, packets: list[Packet], fmt: str) -> None:
-        self.stream = stream
-        self.packets = packets
-        self.fmt = fmt
-        self.data = packets[0].wire(fmt) if len(packets) == 1 else b"".join(p.wire(fmt) for p in packets)
-        self._resume: bytes | None = None
-
-    def resume(self) -> bytes | None:
-        """For a viewer rejoining live: current metadata and sequence headers, then the batch from its first
-        key frame. None when the batch has no key frame (the viewer keeps waiting)."""
-        if self._resume is None:
-            start = next((i for i, p in enumerate(self.packets) if p.keyframe), None)
-            if start is None:
-                return None
-            stream, fmt = self.stream, self.fmt
-            headers = [p.wire(fmt) for p in (stream.metadata, stream.video_header, stream.audio_header) if p]
-            self._resume = b"".join([*headers, *(p.wire(fmt) for p in self.packets[start:])])
-        return self._resume
-
-
 def metadata_payload(payload: bytes) -> bytes | None:
     """Turn '@setDataFrame onMetaData {...}' into the 'onMetaData {...}' players expect; None if not metadata."""
     try:
@@ -209,20 +157,15 @@ class Stream:
     video_header: Packet | None = None
     audio_header: Packet | None = None
     gop: GopCache = field(init=False)
+    fanout: FanOut = field(init=False)
     bytes_in: int = 0
-    bytes_out: int = 0
     packets_in: int = 0
-    viewers_dropped: int = 0
     scheduler: Scheduler = asyncio_scheduler
     clock: Callable[[], float] = time.monotonic
-    _subscribers: dict[Subscriber, _ViewerState] = field(default_factory=dict)
-    _by_format: dict[str, dict[Subscriber, _ViewerState]] = field(default_factory=dict)
-    _pending: list[Packet] = field(default_factory=list)
-    _doomed: list[tuple[Subscriber, str]] = field(default_factory=list)
-    _flush_scheduled: bool = False
 
     def __post_init__(self) -> None:
         self.gop = GopCache(self.limits.gop_max_bytes, self.limits.gop_max_packets)
+        self.fanout = FanOut(self.limits, self.scheduler, self.clock, self.headers)
 
     @property
     def key(self) -> str:
@@ -230,11 +173,27 @@ class Stream:
 
     @property
     def viewers(self) -> int:
-        return len(self._subscribers)
+        return self.fanout.viewers
 
     @property
     def subscribers(self) -> list[Subscriber]:
-        return list(self._subscribers)
+        return self.fanout.subscribers
+
+    @property
+    def bytes_out(self) -> int:
+        return self.fanout.bytes_out
+
+    @property
+    def viewers_dropped(self) -> int:
+        return self.fanout.viewers_dropped
+
+    @property
+    def viewer_skips(self) -> int:
+        return self.fanout.viewer_skips
+
+    def headers(self) -> list[Packet]:
+        """What a decoder needs before a key frame: metadata and the current sequence headers."""
+        return [p for p in (self.metadata, self.video_header, self.audio_header) if p is not None]
 
     # -- the source side -----------------------------------------------------------------------------
 
@@ -263,17 +222,18 @@ class Stream:
                 self.gop.add(packet)
         else:
             return None
-        self._fan_out(packet)
+        self.fanout.push(packet)
         return packet
+
+    def flush(self) -> None:
+        """Send everything still waiting for a merge window (to every viewer group)."""
+        self.fanout.flush_all()
 
     def end_of_source(self) -> None:
         """The publisher left: what is pending goes out, viewers are told and let go; caches are emptied."""
-        self.flush()
+        self.fanout.flush_all()
         self.publisher = None
-        subscribers = list(self._subscribers)
-        self._subscribers.clear()
-        self._by_format.clear()
-        for subscriber in subscribers:
+        for subscriber in self.fanout.detach_all():
             subscriber.source_ended()
         self.metadata = self.video_header = self.audio_header = None
         self.gop.clear()
@@ -281,96 +241,10 @@ class Stream:
     # -- the viewer side -----------------------------------------------------------------------------
 
     def add_subscriber(self, subscriber: Subscriber) -> None:
-        state = _ViewerState(subscriber, subscriber.write, subscriber.buffered)
-        fmt = subscriber.wire_format
-        self._subscribers[subscriber] = state
-        self._by_format.setdefault(fmt, {})[subscriber] = state
-        # Packets still waiting for the merge window reach this viewer with the next flush: leave them out.
-        pending = {id(p) for p in self._pending}
-        cached = [p for p in (self.metadata, self.video_header, self.audio_header) if p is not None]
-        cached.extend(self.gop)
-        bootstrap = [p.wire(fmt) for p in cached if id(p) not in pending]
-        if bootstrap:
-            data = b"".join(bootstrap)
-            self.bytes_out += len(data)
-            state.write(data)
+        self.fanout.add(subscriber, [*self.headers(), *self.gop])
 
     def remove_subscriber(self, subscriber: Subscriber) -> None:
-        if self._subscribers.pop(subscriber, None) is not None:
-            group = self._by_format.get(subscriber.wire_format)
-            if group is not None:
-                group.pop(subscriber, None)
-
-    def _fan_out(self, packet: Packet) -> None:
-        if not self._subscribers:
-            return
-        window = self.limits.merge_window
-        if window <= 0:
-            self._deliver([packet])
-            return
-        self._pending.append(packet)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.scheduler(window, self.flush)
-
-    def flush(self) -> None:
-        """Write everything the merge window collected: one join per format, one write per viewer."""
-        self._flush_scheduled = False
-        packets, self._pending = self._pending, []
-        if packets and self._subscribers:
-            self._deliver(packets)
-
-    def _deliver(self, packets: list[Packet]) -> None:
-        high_water = self.limits.viewer_high_water
-        sent = 0
-        for fmt, group in self._by_format.items():
-            if not group:
-                continue
-            batch = _Batch(self, packets, fmt)
-            data = batch.data
-            size = len(data)
-            for state in group.values():
-                backlog = state.buffered()
-                if backlog > high_water or state.skipping:
-                    resume = self._lagging(state, batch, backlog)
-                    if resume is not None:
-                        state.write(resume)
-                        sent += len(resume)
-                    continue
-                state.write(data)
-                sent += size
-        self.bytes_out += sent
-        if self._doomed:
-            doomed, self._doomed = self._doomed, []
-            for subscriber, reason in doomed:
-                self.remove_subscriber(subscriber)
-                self.viewers_dropped += 1
-                subscriber.drop(reason)  # its transport closes later, outside the fan-out
-
-    def _lagging(self, state: _ViewerState, batch: _Batch, backlog: int) -> bytes | None:
-        """Slow viewer policy: nothing while over the high-water mark; once drained, rejoin live at a key
-        frame with the sequence headers. Disconnected past the byte limit, or when it stays behind longer
-        than the stall limit. Returns what to write, if anything."""
-        limits = self.limits
-        if not state.skipping:
-            state.skipping = True
-            state.skipping_since = self.clock()
-        if backlog > limits.viewer_max_buffer:
-            self._drop(state, f"viewer fell {backlog} bytes behind (limit {limits.viewer_max_buffer})")
-            return None
-        if backlog > limits.viewer_high_water:
-            stalled = self.clock() - state.skipping_since
-            if stalled > limits.viewer_max_stall:
-                self._drop(state, f"viewer stayed {stalled:.1f}s behind (limit {limits.viewer_max_stall:g}s)")
-            return None
-        resume = batch.resume()
-        if resume is not None:
-            state.skipping = False
-        return resume
-
-    def _drop(self, state: _ViewerState, reason: str) -> None:
-        """Mark for disconnection; _deliver lets it go after its loop (the dicts must not change inside)."""
-        self._doomed.append((state.subscriber, reason))
+        self.fanout.remove(subscriber)
 
 
 class Hub:

@@ -116,6 +116,16 @@ class _Session:
     def out_chunk_size(self) -> int:
         return self._writer.chunk_size
 
+    @property
+    def peer_window(self) -> int:
+        """The peer's Window Acknowledgement Size (0 until it announces one)."""
+        return self._peer_window
+
+    @property
+    def acknowledged(self) -> int:
+        """The byte count our last Acknowledgement reported."""
+        return self._acked_at
+
     # -- helpers for subclasses ------------------------------------------------------------------
 
     def _receive_handshake(self, data: bytes, events: list[Event]) -> bytes:

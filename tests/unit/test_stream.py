@@ -56,9 +56,18 @@ class ManualScheduler:
         self.calls.append((delay, callback))
 
     def fire(self) -> None:
+        """Let the timers due now run (each merge phase reschedules the next)."""
         calls, self.calls = self.calls, []
         for _, callback in calls:
             callback()
+
+    def fire_all(self, limit: int = 100) -> int:
+        """Run timers until none is left; returns how many ran."""
+        ran = 0
+        while self.calls and ran < limit:
+            self.fire()
+            ran += 1
+        return ran
 
 
 def live_stream(limits: HubLimits = IMMEDIATE, scheduler: ManualScheduler | None = None) -> Stream:
@@ -190,7 +199,7 @@ def test_enhanced_rtmp_hevc_sequence_start_is_cached_as_header() -> None:
     assert stream.video_header is not None and stream.video_header.payload == hevc_start
 
 
-MERGED = HubLimits(merge_window=0.05)
+MERGED = HubLimits(merge_window=0.05, merge_phases=1)
 
 
 def test_merge_window_joins_packets_into_one_write_shared_by_all_viewers() -> None:
@@ -230,7 +239,8 @@ def test_joining_inside_a_window_gets_each_packet_exactly_once() -> None:
 
 def test_slow_viewer_rejoins_mid_window_batch_at_its_key_frame() -> None:
     scheduler = ManualScheduler()
-    stream = live_stream(HubLimits(merge_window=0.05, viewer_high_water=1000, viewer_max_buffer=100_000), scheduler)
+    limits = HubLimits(merge_window=0.05, merge_phases=1, viewer_high_water=1000, viewer_max_buffer=100_000)
+    stream = live_stream(limits, scheduler)
     slow = FakeViewer()
     stream.add_subscriber(slow)
     slow.chunks.clear()
@@ -278,3 +288,29 @@ def test_viewer_that_stays_behind_past_the_stall_limit_is_dropped() -> None:
     assert stream.viewers == 1 and stream.viewers_dropped == 1
     stream.feed(VIDEO, 120, INTER)
     assert [m[1] for m in fine.messages()] == [0, 40, 80, 120]
+
+
+def test_phased_flushes_spread_viewers_across_the_window_and_lose_nothing() -> None:
+    scheduler = ManualScheduler()
+    stream = live_stream(HubLimits(merge_window=0.1), scheduler)  # 4 phases, 25 ms apart
+    assert stream.fanout.phases == 4
+    viewers = [FakeViewer() for _ in range(8)]
+    for viewer in viewers:
+        stream.add_subscriber(viewer)
+        viewer.chunks.clear()
+    timestamps = list(range(0, 400, 20))
+    stream.feed(VIDEO, 0, KEY)
+    for ts in timestamps[1:]:
+        stream.feed(VIDEO, ts, INTER)
+    assert scheduler.calls and scheduler.calls[0][0] == 0.025
+    scheduler.fire()  # the first phase: only its quarter of the viewers is written
+    assert sum(1 for v in viewers if v.chunks) == 2
+    late = FakeViewer()  # joins between two phases
+    stream.add_subscriber(late)
+    stream.feed(VIDEO, 400, INTER)
+    scheduler.fire_all()
+    for viewer in viewers:
+        assert len(viewer.chunks) <= 2, "one write per viewer per window"
+        assert [m[1] for m in viewer.messages()] == [*timestamps, 400]
+    assert [m[1] for m in late.messages() if m[0] == VIDEO] == [0, *timestamps, 400]  # header, GOP, live: once
+    assert stream.fanout._log == [], "nothing is kept once every group has been sent it"
