@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import click
 import psutil
 
 from loadtest.cli import cli
-from loadtest.flvfile import make_flv
+from loadtest.flvfile import make_flv, read_flv, summarize
 from loadtest.swarm import SwarmConfig, SwarmReport, run_swarm
 
 NGINX_MODULES = ("/usr/lib/nginx/modules/ngx_rtmp_module.so", "/usr/lib64/nginx/modules/ngx_rtmp_module.so")
@@ -239,14 +239,106 @@ class CpuSampler:
         return max((s[2] for s in self.samples), default=0)
 
 
-async def run_step(server: Server, config: SwarmConfig, criteria: Criteria, load_core: int | None) -> StepResult:
+def swarm_command(
+    config: SwarmConfig, json_path: Path, *, load_core: int | None, nice: int, progress: bool
+) -> list[str]:
+    args = [
+        *(["nice", "-n", str(nice)] if nice else []),
+        *pinned(load_core),
+        sys.executable,
+        "-m",
+        "loadtest",
+        "swarm",
+        config.url,
+        "--viewers",
+        str(config.viewers),
+        "--probes",
+        str(config.probes),
+        "--ramp",
+        str(config.ramp),
+        "--duration",
+        str(config.duration),
+        "--rcvlowat",
+        str(config.rcvlowat),
+        "--protocol",
+        config.protocol,
+        "--json",
+        str(json_path),
+        "--progress" if progress else "--no-progress",
+    ]
+    for flag, value in (
+        ("--flv-url", config.flv_url),
+        ("--bitrate-kbps", config.bitrate_kbps),
+        ("--epoch-ms", config.epoch_ms),
+        ("--rcvbuf", config.rcvbuf),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def merge_reports(counting: SwarmReport, probing: SwarmReport) -> SwarmReport:
+    """Viewers and delivery from the counting swarm; lag and first frame from the probes' own process."""
+    return replace(
+        counting,
+        viewers_target=counting.viewers_target + probing.viewers_target,
+        viewers_connected=counting.viewers_connected + probing.viewers_connected,
+        viewers_failed=counting.viewers_failed + probing.viewers_failed,
+        viewers_dropped=counting.viewers_dropped + probing.viewers_dropped,
+        probes_target=probing.probes_target,
+        probes_connected=probing.probes_connected,
+        lag_samples=probing.lag_samples,
+        lag_p50_ms=probing.lag_p50_ms,
+        lag_p95_ms=probing.lag_p95_ms,
+        lag_max_ms=probing.lag_max_ms,
+        lag_note=probing.lag_note,
+        first_frame_samples=probing.first_frame_samples,
+        first_frame_p50_ms=probing.first_frame_p50_ms,
+        first_frame_p95_ms=probing.first_frame_p95_ms,
+        first_frame_max_ms=probing.first_frame_max_ms,
+    )
+
+
+async def run_swarms(config: SwarmConfig, load_core: int | None, workdir: Path) -> SwarmReport:
+    """The counting viewers in one process, niced, and the probes in another, so a probe's frames are not
+    queued behind thousands of other sockets in the tool's own event loop (which would count as lag)."""
+    counting_cfg = replace(config, viewers=config.viewers - config.probes, probes=0)
+    probe_cfg = replace(config, viewers=config.probes, probes=config.probes, ramp=max(1.0, config.probes))
+    counting_json, probe_json = workdir / "counting.json", workdir / "probes.json"
+    counting = await asyncio.create_subprocess_exec(
+        *swarm_command(counting_cfg, counting_json, load_core=load_core, nice=10, progress=True)
+    )
+    probing = await asyncio.create_subprocess_exec(
+        *swarm_command(probe_cfg, probe_json, load_core=load_core, nice=0, progress=False),
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.gather(counting.wait(), probing.wait())
+    finally:
+        for proc in (counting, probing):
+            if proc.returncode is None:
+                proc.terminate()
+                await proc.wait()
+    if not counting_json.exists() or not probe_json.exists():
+        raise click.ClickException(f"a swarm process failed (exit {counting.returncode}, {probing.returncode})")
+    return merge_reports(
+        SwarmReport(**json.loads(counting_json.read_text())), SwarmReport(**json.loads(probe_json.read_text()))
+    )
+
+
+async def run_step(
+    server: Server, config: SwarmConfig, criteria: Criteria, load_core: int | None, workdir: Path
+) -> StepResult:
     sampler = CpuSampler(server.measured, load_core)
     sampler.sample()
     rss_before = sampler.samples[0][2]
     task = asyncio.create_task(sampler.run())
     started = time.monotonic()
     try:
-        report = await run_swarm(config, progress=True)
+        if config.probes and config.bitrate_kbps is not None:
+            report = await run_swarms(config, load_core, workdir)
+        else:
+            report = await run_swarm(config, progress=True)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -326,6 +418,7 @@ async def run_scenario(
     load_core: int | None,
     criteria: Criteria,
     rcvlowat: int,
+    rcvbuf: int | None,
     bitrate_kbps: float | None,
     keep_going: bool,
     protocol: str,
@@ -356,11 +449,12 @@ async def run_scenario(
                     probes=probes,
                     bitrate_kbps=bitrate_kbps,
                     rcvlowat=rcvlowat,
+                    rcvbuf=rcvbuf,
                     flv_url=server.flv_url,
                     epoch_ms=epoch_ms,
                 )
                 print(f"\n== {server_kind}: {viewers} viewers ==", file=sys.stderr, flush=True)
-                result = await run_step(server, config, criteria, load_core)
+                result = await run_step(server, config, criteria, load_core, workdir)
                 results.append(result)
                 print(f"   -> {'PASS' if result.passed else 'FAIL: ' + result.why}", file=sys.stderr, flush=True)
                 if not result.passed and not keep_going:
@@ -398,12 +492,13 @@ async def run_scenario(
     default=None,
     help="pre-encoded FLV to loop (default: made once: 720p30, 2 Mbit/s, 2 s GOP)",
 )
-@click.option("--bitrate-kbps", type=float, default=None, help="expected bitrate (default: measured by the probes)")
+@click.option("--bitrate-kbps", type=float, default=None, help="expected bitrate (default: the FLV file's own)")
 @click.option("--node-core", type=int, default=0, show_default=True, help="core the server under test is pinned to")
 @click.option("--load-core", type=int, default=1, show_default=True, help="core for the swarm and publisher")
 @click.option("--max-lag-p95", type=float, default=500.0, show_default=True, help="pass criterion, ms")
 @click.option("--min-delivered", type=float, default=0.99, show_default=True, help="pass criterion")
 @click.option("--rcvlowat", type=int, default=64 * 1024, show_default=True, help="SO_RCVLOWAT of counting viewers")
+@click.option("--rcvbuf", type=int, default=None, help="SO_RCVBUF of viewer sockets (default: kernel autotuning)")
 @click.option("--protocol", type=click.Choice(["rtmp", "flv", "mixed"]), default="rtmp", show_default=True)
 @click.option("--keep-going", is_flag=True, help="run every step even after one fails")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
@@ -421,6 +516,7 @@ def scenario(
     max_lag_p95: float,
     min_delivered: float,
     rcvlowat: int,
+    rcvbuf: int | None,
     protocol: str,
     keep_going: bool,
     json_path: Path | None,
@@ -434,6 +530,8 @@ def scenario(
         if not flv.exists():
             print(f"making {flv} (720p30, 2 Mbit/s, 2 s GOP)...", file=sys.stderr)
             make_flv(flv, seconds=30, bitrate_kbps=2000, gop_seconds=2, fps=30, size="1280x720")
+    if bitrate_kbps is None:
+        bitrate_kbps = round(summarize(read_flv(flv)).kbps, 1)  # audio + video payload; wire framing adds ~0.5%
     with contextlib.suppress(OSError, ValueError):
         if load_core is not None:
             os.sched_setaffinity(0, {load_core})  # the swarm (this process) stays off the node's core
@@ -454,6 +552,7 @@ def scenario(
                     load_core=load_core,
                     criteria=criteria,
                     rcvlowat=rcvlowat,
+                    rcvbuf=rcvbuf,
                     bitrate_kbps=bitrate_kbps,
                     keep_going=keep_going,
                     protocol=protocol,
@@ -479,6 +578,7 @@ def scenario(
         "ramp": ramp,
         "steady_seconds": duration,
         "rcvlowat": rcvlowat,
+        "rcvbuf": rcvbuf,
         "runs": runs,
     }
     if json_path:
