@@ -13,6 +13,7 @@ viewers: ``FlvReader.feed`` takes bytes in any fragmentation and returns the com
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -181,7 +182,10 @@ def read_flv(path: str | Path) -> list[FlvTag]:
 
 
 def ffmpeg_executable() -> str:
-    """A system ffmpeg if there is one, else the one PyPI's imageio-ffmpeg ships."""
+    """LIVECDN_FFMPEG, else a system ffmpeg, else the one PyPI's imageio-ffmpeg ships (it has RTMP)."""
+    explicit = os.environ.get("LIVECDN_FFMPEG")
+    if explicit:
+        return explicit
     system = shutil.which("ffmpeg")
     if system:
         return system
@@ -212,6 +216,7 @@ def make_flv_command(
     fps: int,
     size: str,
     ffmpeg: str | None = None,
+    cbr: bool = False,
 ) -> list[str]:
     if seconds <= 0 or bitrate_kbps <= 0 or gop_seconds <= 0 or fps <= 0:
         raise ValueError("seconds, bitrate, gop and fps must be positive")
@@ -246,6 +251,8 @@ def make_flv_command(
         rate,
         "-bufsize",
         rate,  # a one-second VBV: the rate stays near the target over every second, as a live encoder's
+        # cbr pads with filler data, so even a simple test pattern really weighs the bitrate
+        *(["-minrate", rate, "-x264-params", "nal-hrd=cbr"] if cbr else []),
         "-g",
         str(gop_frames),
         "-keyint_min",
@@ -274,10 +281,19 @@ def make_flv(
     size: str = "1280x720",
     ffmpeg: str | None = None,
     timeout: float = 600,
+    cbr: bool = False,
 ) -> Path:
-    """Encode a test-pattern H.264/AAC FLV (testsrc2 + sine) with a fixed GOP, near-constant bitrate."""
+    """Encode a test-pattern H.264/AAC FLV (testsrc2 + sine) with a fixed GOP, near-constant bitrate
+    (constant with ``cbr``)."""
     command = make_flv_command(
-        path, seconds=seconds, bitrate_kbps=bitrate_kbps, gop_seconds=gop_seconds, fps=fps, size=size, ffmpeg=ffmpeg
+        path,
+        seconds=seconds,
+        bitrate_kbps=bitrate_kbps,
+        gop_seconds=gop_seconds,
+        fps=fps,
+        size=size,
+        ffmpeg=ffmpeg,
+        cbr=cbr,
     )
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 import click
 import psutil
 
+from common.client import RtmpClient
 from loadtest.cli import cli
 from loadtest.flvfile import make_flv, read_flv, summarize
 from loadtest.swarm import SwarmConfig, SwarmReport, run_swarm
@@ -67,21 +69,35 @@ class Server:
     publish_url: str
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workdir: Path | None = None
+    stats_url: str | None = None  # livecdn's /v1/stats of the node under test
+
+    def stream_stats(self) -> dict[str, Any] | None:
+        if self.stats_url is None:
+            return None
+        with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(self.stats_url, timeout=5) as response:
+            for stream in json.loads(response.read())["streams"]:
+                if stream["name"] == "bench":
+                    return dict(stream)
+        return None
 
     @property
     def measured(self) -> psutil.Process:
         return psutil.Process(self.procs[0].pid)
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):  # only the processes we started, by PID
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        for proc in reversed(self.procs):
+            stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM a process we started (by PID), SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def start_livecdn(workdir: Path, node_core: int | None, load_core: int | None, merge_window: float) -> Server:
@@ -133,6 +149,7 @@ def start_livecdn(workdir: Path, node_core: int | None, load_core: int | None, m
         f"rtmp://127.0.0.1:{origin_rtmp}/live/bench",
         [edge, origin],
         workdir,
+        stats_url=f"http://127.0.0.1:{edge_http}/v1/stats",
     )
     wait_listening(origin_rtmp)
     wait_listening(edge_rtmp)
@@ -177,13 +194,7 @@ def publishing(flv: Path, url: str, load_core: int | None) -> Iterator[subproces
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
 
 
 @dataclass
@@ -196,6 +207,9 @@ class StepResult:
     cpu_per_100_viewers: float | None
     node_rss_mb: float
     rss_per_viewer_kb: float | None
+    stalled: int  # viewers that stopped reading (not part of the swarm's counts)
+    server_dropped: int | None  # viewers the node disconnected for falling behind, during the step
+    server_skips: int | None  # times a viewer skipped ahead to a key frame, during the step
     swarm: dict[str, Any]
 
 
@@ -237,6 +251,22 @@ class CpuSampler:
     @property
     def peak_rss(self) -> int:
         return max((s[2] for s in self.samples), default=0)
+
+
+async def stalled_viewers(url: str, count: int) -> list[RtmpClient]:
+    """Viewers that start playing, then stop reading (small receive buffer, reading paused): the node must
+    skip them, then cut them off, without the others noticing."""
+    clients = []
+    for _ in range(count):
+        client = await RtmpClient.connect(url)
+        sock = client.transport.get_extra_info("socket") if client.transport else None
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        await client.play(lambda event: None)
+        if client.transport is not None:
+            client.transport.pause_reading()
+        clients.append(client)
+    return clients
 
 
 def swarm_command(
@@ -327,13 +357,21 @@ async def run_swarms(config: SwarmConfig, load_core: int | None, workdir: Path) 
 
 
 async def run_step(
-    server: Server, config: SwarmConfig, criteria: Criteria, load_core: int | None, workdir: Path
+    server: Server, config: SwarmConfig, criteria: Criteria, load_core: int | None, workdir: Path, stalled: int = 0
 ) -> StepResult:
     sampler = CpuSampler(server.measured, load_core)
     sampler.sample()
     rss_before = sampler.samples[0][2]
     task = asyncio.create_task(sampler.run())
     started = time.monotonic()
+    before = server.stream_stats() or {}
+    stalls: list[RtmpClient] = []
+
+    async def stall_after_ramp() -> None:
+        await asyncio.sleep(config.viewers / config.ramp + 2)
+        stalls.extend(await stalled_viewers(config.url, stalled))
+
+    staller = asyncio.create_task(stall_after_ramp()) if stalled else None
     try:
         if config.probes and config.bitrate_kbps is not None:
             report = await run_swarms(config, load_core, workdir)
@@ -343,6 +381,13 @@ async def run_step(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if staller is not None:
+            staller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await staller
+    after = server.stream_stats() or {}
+    for client in stalls:
+        client.close()
     interval_start = started + (report.ramp_seconds or config.duration)
     cpu = sampler.cpu_percent(interval_start, interval_start + report.interval_seconds)
     load = sampler.load_percent(interval_start, interval_start + report.interval_seconds)
@@ -358,6 +403,9 @@ async def run_step(
         cpu_per_100_viewers=round(cpu * 100 / held, 2) if cpu is not None and held else None,
         node_rss_mb=round(rss / 2**20, 1),
         rss_per_viewer_kb=round((rss - rss_before) / 1024 / held, 1) if held else None,
+        stalled=stalled,
+        server_dropped=after.get("viewers_dropped", 0) - before.get("viewers_dropped", 0) if after else None,
+        server_skips=after.get("viewer_skips", 0) - before.get("viewer_skips", 0) if after else None,
         swarm=asdict(report),
     )
 
@@ -384,7 +432,8 @@ def print_table(server: str, window: float | None, results: list[StepResult]) ->
     print(f"\n{label}")
     header = (
         f"{'viewers':>8} {'held':>6} {'deliv':>6} {'lag p50':>8} {'lag p95':>8} {'lag max':>8} "
-        f"{'ff p50':>7} {'ff p95':>7} {'cpu%':>6} {'cpu/100':>8} {'load%':>6} {'rss MB':>7} {'KB/view':>8}  result"
+        f"{'ff p50':>7} {'ff p95':>7} {'cpu%':>6} {'cpu/100':>8} {'load%':>6} {'rss MB':>7} {'KB/view':>8} "
+        f"{'cut':>4} {'skips':>5}  result"
     )
     print(header)
 
@@ -399,7 +448,9 @@ def print_table(server: str, window: float | None, results: list[StepResult]) ->
             f"{fmt(s['lag_p95_ms']):>8} {fmt(s['lag_max_ms']):>8} {fmt(s['first_frame_p50_ms']):>7} "
             f"{fmt(s['first_frame_p95_ms']):>7} {fmt(r.node_cpu_percent, 1):>6} "
             f"{fmt(r.cpu_per_100_viewers, 2):>8} {fmt(r.load_core_percent, 0):>6} "
-            f"{r.node_rss_mb:>7.1f} {fmt(r.rss_per_viewer_kb, 1):>8}  {'PASS' if r.passed else 'FAIL: ' + r.why}"
+            f"{r.node_rss_mb:>7.1f} {fmt(r.rss_per_viewer_kb, 1):>8} "
+            f"{fmt(r.server_dropped):>4} {fmt(r.server_skips):>5}  "
+            f"{'PASS' if r.passed else 'FAIL: ' + r.why}"
         )
     best = max((r.viewers for r in results if r.passed), default=0)
     print(f"max viewers held within the criteria: {best}")
@@ -421,6 +472,7 @@ async def run_scenario(
     rcvbuf: int | None,
     bitrate_kbps: float | None,
     keep_going: bool,
+    stalled: int,
     protocol: str,
 ) -> list[StepResult]:
     workdir = Path(tempfile.mkdtemp(prefix=f"livecdn-bench-{server_kind}-"))
@@ -454,7 +506,7 @@ async def run_scenario(
                     epoch_ms=epoch_ms,
                 )
                 print(f"\n== {server_kind}: {viewers} viewers ==", file=sys.stderr, flush=True)
-                result = await run_step(server, config, criteria, load_core, workdir)
+                result = await run_step(server, config, criteria, load_core, workdir, stalled)
                 results.append(result)
                 print(f"   -> {'PASS' if result.passed else 'FAIL: ' + result.why}", file=sys.stderr, flush=True)
                 if not result.passed and not keep_going:
@@ -501,6 +553,13 @@ async def run_scenario(
 @click.option("--rcvbuf", type=int, default=None, help="SO_RCVBUF of viewer sockets (default: kernel autotuning)")
 @click.option("--protocol", type=click.Choice(["rtmp", "flv", "mixed"]), default="rtmp", show_default=True)
 @click.option("--keep-going", is_flag=True, help="run every step even after one fails")
+@click.option(
+    "--stalled",
+    type=click.IntRange(0, 100),
+    default=0,
+    show_default=True,
+    help="extra viewers that stop reading after the ramp (slow-viewer run)",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def scenario(
     servers: tuple[str, ...],
@@ -519,6 +578,7 @@ def scenario(
     rcvbuf: int | None,
     protocol: str,
     keep_going: bool,
+    stalled: int,
     json_path: Path | None,
 ) -> None:
     """Step up viewers against livecdn and/or nginx-rtmp on one core and report what each holds."""
@@ -555,6 +615,7 @@ def scenario(
                     rcvbuf=rcvbuf,
                     bitrate_kbps=bitrate_kbps,
                     keep_going=keep_going,
+                    stalled=stalled,
                     protocol=protocol,
                 )
             )

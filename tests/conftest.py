@@ -16,7 +16,7 @@ def test_flv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def cbr_flv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1.5 Mbit/s constant bitrate: fills a stalled viewer's buffers in seconds."""
-    return make_test_flv(tmp_path_factory.mktemp("media") / "cbr.flv", bitrate="1500k", cbr=True)
+    return make_test_flv(tmp_path_factory.mktemp("media") / "cbr.flv", bitrate_kbps=1500, cbr=True)
 
 
 @pytest.fixture

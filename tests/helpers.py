@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,20 +15,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadtest.flvfile import ffmpeg_executable, make_flv
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def ffmpeg_path() -> str:
-    """LIVECDN_FFMPEG, else the system ffmpeg, else the one PyPI's imageio-ffmpeg ships (has RTMP)."""
-    explicit = os.environ.get("LIVECDN_FFMPEG")
-    if explicit:
-        return explicit
-    system = shutil.which("ffmpeg")
-    if system:
-        return system
-    import imageio_ffmpeg
+ffmpeg_path = ffmpeg_executable  # LIVECDN_FFMPEG, the system ffmpeg, or imageio-ffmpeg's (has RTMP)
 
-    return str(imageio_ffmpeg.get_ffmpeg_exe())
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
+    """SIGTERM a process this test started (by its PID), then SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
 
 
 def free_port() -> int:
@@ -112,67 +114,18 @@ class NodeProcess:
             self.proc.wait(5)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, timeout=10)
 
 
 def make_test_flv(
-    path: Path, seconds: int = 8, gop: int = 25, fps: int = 25, bitrate: str = "400k", *, cbr: bool = False
+    path: Path, seconds: int = 8, gop_seconds: float = 1, fps: int = 25, bitrate_kbps: int = 400, *, cbr: bool = False
 ) -> Path:
-    """A small H.264/AAC FLV with a short GOP, made once per session by real ffmpeg. ``cbr`` pads the
-    video to a constant bitrate (x264 filler data), so a test pattern really weighs ``bitrate``."""
-    rate = ["-minrate", bitrate, "-maxrate", bitrate, "-bufsize", bitrate, "-x264-params", "nal-hrd=cbr"] if cbr else []
-    subprocess.run(
-        [
-            ffmpeg_path(),
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"testsrc2=size=320x240:rate={fps}",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=44100",
-            "-t",
-            str(seconds),
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-tune",
-            "zerolatency",
-            "-b:v",
-            bitrate,
-            *rate,
-            "-g",
-            str(gop),
-            "-keyint_min",
-            str(gop),
-            "-sc_threshold",
-            "0",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "64k",
-            "-f",
-            "flv",
-            str(path),
-        ],
-        check=True,
-        timeout=60,
+    """A small H.264/AAC FLV (320x240) with a short GOP, made once per session by real ffmpeg. ``cbr`` pads
+    the video to a constant bitrate, so a test pattern really weighs ``bitrate_kbps``."""
+    return make_flv(
+        path, seconds=seconds, bitrate_kbps=bitrate_kbps, gop_seconds=gop_seconds, fps=fps, size="320x240", cbr=cbr
     )
-    return path
 
 
 @contextlib.contextmanager
@@ -186,13 +139,7 @@ def publishing(flv: Path, url: str, *, loop: bool = True) -> Iterator[subprocess
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
 
 
 @dataclass

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from tests.helpers import stop_process
+
 
 class RedisServerUnavailable(RuntimeError):
     """No redis-server binary could be found."""
@@ -113,13 +115,7 @@ class RedisServer:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()  # SIGTERM to this PID only
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
+        stop_process(proc, timeout)  # this PID only
 
     def restart(self) -> RedisServer:
         self.stop()

@@ -86,6 +86,7 @@ class _Session:
         self.bytes_received = 0
         self._peer_window = 0  # the peer's Window Acknowledgement Size: ack each time this many arrive
         self._acked_at = 0
+        self._handshake: ServerHandshake | ClientHandshake | None = None
 
     # -- the public sans-IO surface --------------------------------------------------------------
 
@@ -129,7 +130,21 @@ class _Session:
     # -- helpers for subclasses ------------------------------------------------------------------
 
     def _receive_handshake(self, data: bytes, events: list[Event]) -> bytes:
-        raise NotImplementedError
+        """Feed the handshake until it is done; returns the bytes that follow it (chunk stream data)."""
+        handshake = self._handshake
+        if handshake is None:
+            return data
+        reply, leftover = handshake.receive_data(data)
+        if reply:
+            self._out.append(reply)
+        if handshake.done:
+            self._handshake = None
+            events.append(HandshakeCompleted())
+            self._handshake_done()
+        return leftover
+
+    def _handshake_done(self) -> None:
+        """What a side sends once the handshake is over (the client: its connect)."""
 
     def _send(self, csid: int, type_id: int, stream_id: int, payload: bytes, timestamp: int = 0) -> None:
         self._out.append(self._writer.write(csid, timestamp, type_id, stream_id, payload))
@@ -225,7 +240,7 @@ class ServerSession(_Session):
 
     def __init__(self, limits: SessionLimits | None = None) -> None:
         super().__init__(limits or SessionLimits())
-        self._handshake: ServerHandshake | None = ServerHandshake()
+        self._handshake = ServerHandshake()
         self.app = ""
         self.app_query = ""
         self.tc_url = ""
@@ -233,17 +248,6 @@ class ServerSession(_Session):
         self._connect_transaction: float | None = None
         self._streams: set[int] = set()
         self._next_stream_id = 1
-
-    def _receive_handshake(self, data: bytes, events: list[Event]) -> bytes:
-        if self._handshake is None:
-            return data
-        reply, leftover = self._handshake.receive_data(data)
-        if reply:
-            self._out.append(reply)
-        if self._handshake.done:
-            self._handshake = None
-            events.append(HandshakeCompleted())
-        return leftover
 
     # -- decisions the application makes on events -----------------------------------------------
 
@@ -396,37 +400,29 @@ class ClientSession(_Session):
         super().__init__(limits or SessionLimits())
         self.app = app
         self.tc_url = tc_url
-        self._handshake: ClientHandshake | None = ClientHandshake()
-        self._out.append(self._handshake.initiate())
+        handshake = ClientHandshake()
+        self._handshake = handshake
+        self._out.append(handshake.initiate())
         self._transactions: dict[float, tuple[str, str]] = {}
         self._next_transaction = 1.0
 
-    def _receive_handshake(self, data: bytes, events: list[Event]) -> bytes:
-        if self._handshake is None:
-            return data
-        reply, leftover = self._handshake.receive_data(data)
-        if reply:
-            self._out.append(reply)
-        if self._handshake.done:
-            self._handshake = None
-            events.append(HandshakeCompleted())
-            self._announce_window()
-            self._announce_chunk_size()
-            self._call(
-                "connect",
-                "",
-                {
-                    "app": self.app,
-                    "flashVer": "FMLE/3.0 (compatible; livecdn)",
-                    "tcUrl": self.tc_url,
-                    "fpad": False,
-                    "capabilities": 15.0,
-                    "audioCodecs": 4071.0,
-                    "videoCodecs": 252.0,
-                    "videoFunction": 1.0,
-                },
-            )
-        return leftover
+    def _handshake_done(self) -> None:
+        self._announce_window()
+        self._announce_chunk_size()
+        self._call(
+            "connect",
+            "",
+            {
+                "app": self.app,
+                "flashVer": "FMLE/3.0 (compatible; livecdn)",
+                "tcUrl": self.tc_url,
+                "fpad": False,
+                "capabilities": 15.0,
+                "audioCodecs": 4071.0,
+                "videoCodecs": 252.0,
+                "videoFunction": 1.0,
+            },
+        )
 
     def _call(self, command: str, context: str, command_object: Any, *args: Any, stream_id: int = 0) -> None:
         transaction = self._next_transaction
