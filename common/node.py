@@ -30,6 +30,7 @@ class Node:
     """Shared wiring of origin and edge nodes; subclasses pick the service and add cluster tasks."""
 
     role: ClassVar[str] = "node"
+    accepts_publishes: ClassVar[bool] = True
 
     def __init__(self, settings: NodeSettings, registry: Registry | None = None) -> None:
         self.settings = settings
@@ -141,15 +142,21 @@ class Node:
         return f"http://{self.advertised_http}{path}"
 
     def banner(self) -> str:
-        return "\n".join(
-            [
-                f"livecdn {self.role} {self.settings.node_id} (region {self.settings.region}, "
-                f"registry {_redact(self.registry.url)})",
-                f"  publish to: {self.rtmp_url()}",
-                f"  play from:  {self.rtmp_url()}   or   {self.http_url('/live/STREAM.flv')}",
-                f"  stats:      {self.http_url('/v1/stats')}",
-            ]
-        )
+        lines = [
+            f"livecdn {self.role} {self.settings.node_id} (region {self.settings.region}, "
+            f"registry {_redact(self.registry.url)})"
+        ]
+        if self.accepts_publishes:
+            lines.append(f"  publish to: {self.rtmp_url()}")
+        lines += [
+            f"  play from:  {self.rtmp_url()}   or   {self.http_url('/live/STREAM.flv')}",
+            f"  stats:      {self.http_url('/v1/stats')}",
+            *self.banner_extra(),
+        ]
+        return "\n".join(lines)
+
+    def banner_extra(self) -> list[str]:
+        return []
 
     def node_info(self) -> NodeInfo:
         streams = list(self.hub)

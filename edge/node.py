@@ -44,6 +44,7 @@ class EdgeService(RtmpService):
 
 class EdgeNode(Node):
     role: ClassVar[str] = "edge"
+    accepts_publishes: ClassVar[bool] = False  # EdgeService refuses them
     settings: EdgeSettings
     service: EdgeService
 
@@ -80,10 +81,8 @@ class EdgeNode(Node):
         stats["node"]["pulls_started"] = self.pulls.pulls_started
         return stats
 
-    def banner(self) -> str:
-        return super().banner().replace("  publish to: " + self.rtmp_url() + "\n", "") + (
-            f"\n  upstream:   {self.pulls.resolver.description}"
-        )
+    def banner_extra(self) -> list[str]:
+        return [f"  upstream:   {self.pulls.resolver.description}"]
 
     def build_app(self) -> web.Application:
         app = super().build_app()

@@ -25,7 +25,10 @@ from edge.upstream import Resolver
 
 log = logging.getLogger(__name__)
 
-_FRAME_GAP_MS = 20  # the step between the last timestamp before a re-pull and the first one after
+# After a re-pull the new upstream's clock is unrelated to the old one. Its first frame is placed this far
+# after the last timestamp viewers saw: far enough that frames of the other kind which the new upstream
+# sends a little out of order (audio/video interleave) still land after it.
+_REBASE_GAP_MS = 500
 
 
 class Puller:
@@ -57,6 +60,7 @@ class Puller:
         # Timestamp rebasing across upstream sessions.
         self._offset = 0
         self._last_ts = 0
+        self._last_by_kind = {AUDIO: 0, VIDEO: 0}
         self._had_output = False
         self._rebase_pending = False
 
@@ -178,17 +182,28 @@ class Puller:
 
     def _on_media(self, event: MediaReceived) -> None:
         timestamp = event.timestamp
+        kind = event.type_id
         if self._rebase_pending:
-            if event.type_id in (AUDIO, VIDEO) and not _is_header(event.type_id, event.payload):
-                self._offset = self._last_ts + _FRAME_GAP_MS - timestamp
+            if kind in (AUDIO, VIDEO) and not _is_header(kind, event.payload):
+                self._offset = self._last_ts + _REBASE_GAP_MS - timestamp
                 self._rebase_pending = False
             else:
                 timestamp = self._last_ts - self._offset  # headers before the first frame: keep the clock still
         out = (timestamp + self._offset) & 0xFFFFFFFF
-        if event.type_id in (AUDIO, VIDEO):
-            self._last_ts = max(self._last_ts, out)
+        if kind in (AUDIO, VIDEO):
+            if self._had_output and _behind(out, self._last_by_kind[kind]):
+                # Never backwards within a kind, whatever the upstream does across a re-pull.
+                out = self._last_by_kind[kind]
+            self._last_by_kind[kind] = out
+            if not self._had_output or not _behind(out, self._last_ts):
+                self._last_ts = out
             self._had_output = True
-        self.stream.feed(event.type_id, out, event.payload)
+        self.stream.feed(kind, out, event.payload)
+
+
+def _behind(timestamp: int, reference: int) -> bool:
+    """Is ``timestamp`` earlier than ``reference`` on the 32-bit RTMP clock (which wraps after ~49.7 days)?"""
+    return (timestamp - reference) & 0xFFFFFFFF >= 0x80000000
 
 
 def _is_header(type_id: int, payload: bytes) -> bool:
