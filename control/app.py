@@ -172,7 +172,9 @@ async def route_play(request: web.Request) -> web.Response:
 
 async def play_redirect(request: web.Request) -> web.StreamResponse:
     app, name = parse_stream(f"{request.match_info['app']}/{request.match_info['name']}")
-    fmt = request.query.get("format", "rtmp")
+    # An HTTP redirect is followed by HTTP clients, and players do not follow one to rtmp:// (ffmpeg
+    # refuses it): HTTP-FLV unless the client asks for RTMP.
+    fmt = request.query.get("format", "flv")
     if fmt not in ("rtmp", "flv"):
         raise BadRequest(f"invalid format {fmt!r}: use rtmp or flv")
     answer = await _route_play(request, app, name, parse_region(request))

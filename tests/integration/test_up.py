@@ -45,6 +45,9 @@ def test_dev_up_runs_a_cluster_that_publishes_and_plays(test_flv: Path, tmp_path
                     assert result.returncode == 0 and result.video_frames == 10, (url, result.output)
             route = json.load(urllib.request.urlopen(control.group(1) + "/v1/route/play?stream=live/hello&region=us"))
             assert route["rtmp"] == plays[1][0].replace("STREAM", "hello")
+            # A player given the control plane's /play URL follows the 302 to an edge and decodes.
+            via_redirect = play_and_decode(control.group(1) + "/play/live/hello?region=us", video_frames=10)
+            assert via_redirect.returncode == 0 and via_redirect.video_frames == 10, via_redirect.output
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as a person would (the group is the one this test started)
         assert proc.wait(20) == 0

@@ -155,10 +155,10 @@ async def test_route_play_spills_when_home_edge_is_full(registry: MemoryRegistry
 async def test_play_redirect(client: Client) -> None:
     resp = await client.get("/play/live/x", params={"region": "us"}, allow_redirects=False)
     assert resp.status == 302
-    assert resp.headers["Location"] == "rtmp://edge-us-1.test:1935/live/x"
-    resp = await client.get("/play/live/x?region=us&format=flv", allow_redirects=False)
-    assert resp.status == 302
     assert resp.headers["Location"] == "http://edge-us-1.test:8080/live/x.flv"
+    resp = await client.get("/play/live/x?region=us&format=rtmp", allow_redirects=False)
+    assert resp.status == 302
+    assert resp.headers["Location"] == "rtmp://edge-us-1.test:1935/live/x"
     resp = await client.get("/play/live/x?format=hls", allow_redirects=False)
     assert resp.status == 400 and "format" in (await resp.json())["error"]
     resp = await client.get("/play/live/..x", allow_redirects=False)
