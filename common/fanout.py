@@ -125,10 +125,6 @@ class FanOut:
         return len(self._subscribers)
 
     @property
-    def subscribers(self) -> list[Subscriber]:
-        return list(self._subscribers)
-
-    @property
     def _seq(self) -> int:
         return self._base + len(self._log)
 

@@ -124,10 +124,6 @@ class RtmpServerProtocol(asyncio.Protocol):
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
-
     def close(self, reason: str) -> None:
         """Flush what the session owes the peer, then close; connection_lost does the cleanup."""
         if self.closed:

@@ -88,13 +88,11 @@ class RtmpService:
         *,
         session_limits: SessionLimits | None = None,
         timeouts: Timeouts | None = None,
-        node_name: str = "livecdn",
         viewer_sndbuf: int = 0,
     ) -> None:
         self.hub = hub
         self.session_limits = session_limits or SessionLimits(out_chunk_size=hub.limits.chunk_size)
         self.timeouts = timeouts or Timeouts()
-        self.node_name = node_name
         self.viewer_sndbuf = viewer_sndbuf
         self.connections: set[RtmpServerProtocol] = set()
         self.protocol_errors = 0

@@ -176,10 +176,6 @@ class Stream:
         return self.fanout.viewers
 
     @property
-    def subscribers(self) -> list[Subscriber]:
-        return self.fanout.subscribers
-
-    @property
     def bytes_out(self) -> int:
         return self.fanout.bytes_out
 

@@ -16,7 +16,7 @@ from common.node import Node
 from common.registry import Registry, RegistryError
 from common.server import Rejected, RtmpService
 from common.stream import Stream
-from edge.puller import Puller, PullManager
+from edge.puller import Puller, PullManager, PullSettings
 from edge.upstream import ParentTierResolver, RegistryResolver, Resolver, StaticResolver
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,11 @@ class EdgeNode(Node):
         return RegistryResolver(self.registry)
 
     def make_service(self) -> EdgeService:
+        settings = self.settings
         self.pulls = PullManager(
             self.hub,
             self.make_resolver(),
-            limits=self.session_limits,
-            idle_grace=self.settings.idle_grace,
-            pull_timeout=self.settings.pull_timeout,
-            reconnect_window=self.settings.reconnect_window,
+            PullSettings(self.session_limits, settings.idle_grace, settings.pull_timeout, settings.reconnect_window),
         )
         return EdgeService(self, **self.service_options())
 

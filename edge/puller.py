@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from common.backoff import Backoff
 from common.client import RtmpClient, RtmpClientError
@@ -31,24 +32,27 @@ log = logging.getLogger(__name__)
 _REBASE_GAP_MS = 500
 
 
+@dataclass(frozen=True, slots=True)
+class PullSettings:
+    limits: SessionLimits  # bounds on the upstream session, as for any peer
+    idle_grace: float  # seconds a pull outlives its last viewer
+    pull_timeout: float  # seconds for a first viewer to wait for the pull to start
+    reconnect_window: float  # seconds a broken upstream is retried with no source before viewers are told
+
+
 class Puller:
     def __init__(
         self,
         hub: Hub,
         stream: Stream,
         resolver: Resolver,
-        *,
-        limits: SessionLimits,
-        idle_grace: float,
-        reconnect_window: float,
+        settings: PullSettings,
         on_stopped: Callable[[Puller], None],
     ) -> None:
         self.hub = hub
         self.stream = stream
         self.resolver = resolver
-        self.limits = limits
-        self.idle_grace = idle_grace
-        self.reconnect_window = reconnect_window
+        self.settings = settings
         self.on_stopped = on_stopped
         self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.url: str | None = None
@@ -87,13 +91,15 @@ class Puller:
 
     def viewers_changed(self) -> None:
         if self.stream.viewers == 0 and self._idle_timer is None and self.ready.done():
-            log.info("%s: last viewer left; stopping the pull in %gs unless one returns", self.key, self.idle_grace)
-            self._idle_timer = asyncio.get_running_loop().call_later(self.idle_grace, self._idle_expired)
+            log.info(
+                "%s: last viewer left; stopping the pull in %gs unless one returns", self.key, self.settings.idle_grace
+            )
+            self._idle_timer = asyncio.get_running_loop().call_later(self.settings.idle_grace, self._idle_expired)
 
     def _idle_expired(self) -> None:
         self._idle_timer = None
         if self.stream.viewers == 0 and self._task is not None:
-            log.info("%s: idle for %gs, stopping the pull from %s", self.key, self.idle_grace, self.url)
+            log.info("%s: idle for %gs, stopping the pull from %s", self.key, self.settings.idle_grace, self.url)
             self._task.cancel()
 
     # -- the pull loop -------------------------------------------------------------------------------
@@ -117,8 +123,8 @@ class Puller:
                     return
                 now = time.monotonic()
                 trouble_since = trouble_since or now
-                if now - trouble_since > self.reconnect_window:
-                    log.info("%s: no upstream for %gs; ending it for viewers", self.key, self.reconnect_window)
+                if now - trouble_since > self.settings.reconnect_window:
+                    log.info("%s: no upstream for %gs; ending it for viewers", self.key, self.settings.reconnect_window)
                     return
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -147,7 +153,7 @@ class Puller:
         if url is None:
             return "missing"
         try:
-            client = await RtmpClient.connect(url, limits=self.limits)
+            client = await RtmpClient.connect(url, limits=self.settings.limits)
         except (OSError, TimeoutError, RtmpClientError) as exc:
             log.warning("%s: cannot connect to upstream %s: %s", self.key, url, exc)
             return "unreachable"
@@ -213,22 +219,10 @@ def _is_header(type_id: int, payload: bytes) -> bool:
 class PullManager:
     """At most one Puller per stream; concurrent first viewers all wait on it."""
 
-    def __init__(
-        self,
-        hub: Hub,
-        resolver: Resolver,
-        *,
-        limits: SessionLimits,
-        idle_grace: float,
-        pull_timeout: float,
-        reconnect_window: float,
-    ) -> None:
+    def __init__(self, hub: Hub, resolver: Resolver, settings: PullSettings) -> None:
         self.hub = hub
         self.resolver = resolver
-        self.limits = limits
-        self.idle_grace = idle_grace
-        self.pull_timeout = pull_timeout
-        self.reconnect_window = reconnect_window
+        self.settings = settings
         self.pullers: dict[str, Puller] = {}
         self.pulls_started = 0
 
@@ -237,23 +231,15 @@ class PullManager:
         puller = self.pullers.get(key)
         if puller is None:
             stream = self.hub.get_or_create(app, name)
-            puller = Puller(
-                self.hub,
-                stream,
-                self.resolver,
-                limits=self.limits,
-                idle_grace=self.idle_grace,
-                reconnect_window=self.reconnect_window,
-                on_stopped=self._stopped,
-            )
+            puller = Puller(self.hub, stream, self.resolver, self.settings, self._stopped)
             self.pullers[key] = puller
             self.pulls_started += 1
             puller.start()
         try:
-            async with asyncio.timeout(self.pull_timeout):
+            async with asyncio.timeout(self.settings.pull_timeout):
                 ok = await asyncio.shield(puller.ready)
         except TimeoutError:
-            log.warning("%s: upstream pull did not start within %gs", key, self.pull_timeout)
+            log.warning("%s: upstream pull did not start within %gs", key, self.settings.pull_timeout)
             return None
         return puller.stream if ok else None
 

@@ -36,13 +36,6 @@ class ConnectionFailed(Event):
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class PeerClosed(Event):
-    """The peer said goodbye cleanly (e.g. the server ended a play with Play.Stop / StreamEOF)."""
-
-    reason: str
-
-
 # --- server side ---------------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from common.registry.memory import MemoryRegistry
 from common.rtmp.events import MediaReceived
 from common.rtmp.session import SessionLimits
 from common.stream import AUDIO, VIDEO, Hub, HubLimits, Stream
-from edge.puller import Puller
+from edge.puller import Puller, PullSettings
 from edge.upstream import RegistryResolver
 
 AVC_HEADER = b"\x17\x00\x00\x00\x00\x01\x64"
@@ -33,15 +33,8 @@ async def make_puller() -> tuple[Puller, Recorder]:
     hub = Hub(HubLimits(merge_window=0), lambda delay, callback: None)
     stream = hub.get_or_create("live", "x")
     recorder = Recorder(stream)
-    puller = Puller(
-        hub,
-        stream,
-        RegistryResolver(MemoryRegistry()),
-        limits=SessionLimits(),
-        idle_grace=1,
-        reconnect_window=1,
-        on_stopped=lambda p: None,
-    )
+    settings = PullSettings(SessionLimits(), idle_grace=1, pull_timeout=1, reconnect_window=1)
+    puller = Puller(hub, stream, RegistryResolver(MemoryRegistry()), settings, lambda p: None)
     return puller, recorder
 
 
