@@ -2,7 +2,7 @@
 
 The service decides what each session event means for the node: who may publish, what a play
 subscribes to. Cluster concerns (registry claims, upstream pulls) plug in through the async hooks
-``authorize_publish``, ``published``, ``unpublished``, ``find_source`` and ``viewer_left``.
+``authorize_publish``, ``unpublished``, ``find_source`` and ``viewer_left``.
 """
 
 from __future__ import annotations
@@ -111,9 +111,6 @@ class RtmpService:
     async def authorize_publish(self, conn: RtmpServerProtocol, stream: Stream, query: str) -> None:
         """Raise Rejected to refuse. Runs with the stream reserved for this publisher."""
 
-    async def published(self, stream: Stream) -> None:
-        """The publisher is accepted and media may flow."""
-
     def unpublished(self, stream: Stream) -> None:
         """The publisher left (called synchronously, at most once per accepted publish)."""
 
@@ -203,26 +200,21 @@ class RtmpService:
         return self._admit_publisher(conn, stream, event)
 
     async def _admit_publisher(self, conn: RtmpServerProtocol, stream: Stream, event: PublishRequested) -> None:
+        admitted = False
         try:
             await self.authorize_publish(conn, stream, event.query)
+            admitted = not conn.closed
         except Rejected as exc:
-            stream.publisher = None
-            self.hub.discard_if_idle(stream)
             log.warning("%s: refused publish of %s: %s", conn.peer, stream.key, exc.description)
             conn.session.reject_publish(event.stream_id, exc.code, exc.description)
-            return
-        except BaseException:
-            stream.publisher = None
-            self.hub.discard_if_idle(stream)
-            raise
-        if conn.closed:
-            stream.publisher = None
-            self.hub.discard_if_idle(stream)
-            return
-        conn.publishing[event.stream_id] = stream
-        conn.session.accept_publish(event.stream_id, event.name)
-        log.info("%s: publishing %s", conn.peer, stream.key)
-        await self.published(stream)
+        finally:
+            if not admitted:  # refused, the publisher went away meanwhile, or the hook failed
+                stream.publisher = None
+                self.hub.discard_if_idle(stream)
+        if admitted:
+            conn.publishing[event.stream_id] = stream
+            conn.session.accept_publish(event.stream_id, event.name)
+            log.info("%s: publishing %s", conn.peer, stream.key)
 
     def _on_play(self, conn: RtmpServerProtocol, event: PlayRequested) -> Awaitable[None] | None:
         if conn.viewer is not None or event.stream_id != MEDIA_STREAM_ID:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.registry.base import NodeInfo, NodeLoad
 from loadtest.flvfile import ffmpeg_executable, make_flv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,3 +205,25 @@ def _finish_play(started: tuple[subprocess.Popen[str], float], timeout: float) -
 
 
 finish_play = _finish_play
+
+
+def node_info(
+    node_id: str,
+    role: str = "edge",
+    region: str = "eu",
+    *,
+    viewers: int = 0,
+    streams: int = 0,
+    bits: float = 0.0,
+    draining: bool = False,
+) -> NodeInfo:
+    """A registry node record for routing and control-plane tests (addresses derived from the id)."""
+    return NodeInfo(
+        node_id,
+        role,
+        region,
+        f"{node_id}.test:1935",
+        f"{node_id}.test:8080",
+        NodeLoad(viewers=viewers, streams=streams, bits_out=bits),
+        draining,
+    )

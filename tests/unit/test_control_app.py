@@ -10,28 +10,15 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from common.registry.base import NodeInfo, NodeLoad, RegistryError, StreamClaim
+from common.registry.base import NodeInfo, RegistryError, StreamClaim
 from common.registry.memory import MemoryRegistry
 from control.app import make_control_app
 from control.node import http_url, serve_control
+from tests.helpers import node_info as node
 
 TTL = 30.0
 
 Client = TestClient[aiohttp.web.Request, aiohttp.web.Application]
-
-
-def node(
-    node_id: str, role: str, region: str = "eu", *, viewers: int = 0, streams: int = 0, draining: bool = False
-) -> NodeInfo:
-    return NodeInfo(
-        node_id,
-        role,
-        region,
-        f"{node_id}.test:1935",
-        f"{node_id}.test:8080",
-        NodeLoad(viewers=viewers, streams=streams),
-        draining,
-    )
 
 
 class BrokenRegistry(MemoryRegistry):

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.registry.base import NodeInfo, NodeLoad, StreamClaim
+from common.registry.base import NodeInfo, StreamClaim
 from control.routing import (
     Ring,
     bounded_capacity,
@@ -24,27 +24,7 @@ from control.routing import (
     ring_for,
     stable_hash,
 )
-
-
-def node(
-    node_id: str,
-    role: str = "edge",
-    region: str = "eu",
-    *,
-    viewers: int = 0,
-    streams: int = 0,
-    bits: float = 0.0,
-    draining: bool = False,
-) -> NodeInfo:
-    return NodeInfo(
-        node_id,
-        role,
-        region,
-        f"{node_id}.test:1935",
-        f"{node_id}.test:8080",
-        NodeLoad(viewers=viewers, streams=streams, bits_out=bits),
-        draining,
-    )
+from tests.helpers import node_info as node
 
 
 def claim(key: str, origin: str) -> StreamClaim:
