@@ -112,7 +112,8 @@ class RtmpService:
         """Raise Rejected to refuse. Runs with the stream reserved for this publisher."""
 
     def unpublished(self, stream: Stream) -> None:
-        """The publisher left (called synchronously, at most once per accepted publish)."""
+        """The publisher left (called synchronously, once for every publish authorize_publish let through,
+        including one whose connection closed before it could start)."""
 
     async def find_source(self, app: str, name: str, query: str) -> Stream | None:
         """A play for a stream with no local source: an edge starts a pull here."""
@@ -204,6 +205,8 @@ class RtmpService:
         try:
             await self.authorize_publish(conn, stream, event.query)
             admitted = not conn.closed
+            if not admitted:
+                self.unpublished(stream)  # it left while being authorized: give back what the hook took
         except Rejected as exc:
             log.warning("%s: refused publish of %s: %s", conn.peer, stream.key, exc.description)
             conn.session.reject_publish(event.stream_id, exc.code, exc.description)
