@@ -1,1 +1,2 @@
-"""Code shared by every livecdn node: RTMP protocol core, media parsing, the stream hub, config."""
+"""Code every process shares, in layers: base helpers, the RTMP protocol, media, the hub, the registry,
+serving (asyncio), and the node runtime. See docs/ARCHITECTURE.md for what each layer may import."""

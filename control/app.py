@@ -14,8 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
+from common.keys import StreamKey, valid_name
+from common.redact import redact_url
 from common.registry.base import NodeInfo, Registry, RegistryError
-from common.server import valid_name
 from control.routing import DEFAULT_EPSILON, choose_edge, choose_origin
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 # -- input -----------------------------------------------------------------------------------------
 
 
-def parse_stream(value: str | None) -> tuple[str, str]:
+def parse_stream(value: str | None) -> StreamKey:
     """`APP/NAME`, both path-safe names, nothing else (no query string, no extra segments)."""
     if not value:
         raise BadRequest("missing stream: pass stream=APP/NAME")
@@ -104,17 +105,21 @@ def parse_stream(value: str | None) -> tuple[str, str]:
             f"invalid stream {value!r}: give it as APP/NAME without a query string "
             "(a publish key belongs in the publisher's RTMP URL)"
         )
-    parts = value.split("/")
-    if len(parts) != 2:
-        raise BadRequest(f"invalid stream {value!r}: expected exactly APP/NAME")
-    app, name = parts
-    for label, part in (("app", app), ("name", name)):
+    try:
+        key = StreamKey.parse(value)
+    except ValueError:
+        raise BadRequest(f"invalid stream {value!r}: expected exactly APP/NAME") from None
+    return checked_stream(key)
+
+
+def checked_stream(key: StreamKey) -> StreamKey:
+    for label, part in (("app", key.app), ("name", key.name)):
         if not valid_name(part):
             raise BadRequest(
                 f"invalid stream {label} {part!r}: use letters, digits, '_', '-', '.' "
                 "(up to 128, not starting with '.' or '-', no '..')"
             )
-    return app, name
+    return key
 
 
 def parse_region(request: web.Request) -> str | None:
@@ -129,12 +134,13 @@ def parse_region(request: web.Request) -> str | None:
 # -- routing ---------------------------------------------------------------------------------------
 
 
-def _origin_answer(stream: str, origin: NodeInfo) -> dict[str, Any]:
+def _origin_answer(key: StreamKey, origin: NodeInfo) -> dict[str, Any]:
+    stream = str(key)
     return {"stream": stream, "origin": origin.id, "region": origin.region, "rtmp": f"rtmp://{origin.rtmp}/{stream}"}
 
 
-def _edge_answer(app: str, name: str, edge: NodeInfo) -> dict[str, Any]:
-    stream = f"{app}/{name}"
+def _edge_answer(key: StreamKey, edge: NodeInfo) -> dict[str, Any]:
+    stream = str(key)
     return {
         "stream": stream,
         "edge": edge.id,
@@ -144,40 +150,39 @@ def _edge_answer(app: str, name: str, edge: NodeInfo) -> dict[str, Any]:
     }
 
 
-async def _route_play(request: web.Request, app: str, name: str, region: str | None) -> dict[str, Any]:
+async def _route_play(request: web.Request, key: StreamKey, region: str | None) -> dict[str, Any]:
     # Deliberately no registry.lookup: an edge answers StreamNotFound itself, and routing stays one read.
     edges = await request.app[NODE_LISTS_KEY].get("edge")
-    edge = choose_edge(f"{app}/{name}", edges, region, epsilon=request.app[EPSILON_KEY])
+    edge = choose_edge(str(key), edges, region, epsilon=request.app[EPSILON_KEY])
     if edge is None:
         raise Unavailable("no healthy edge available to play from")
-    return _edge_answer(app, name, edge)
+    return _edge_answer(key, edge)
 
 
 async def route_publish(request: web.Request) -> web.Response:
-    app, name = parse_stream(request.query.get("stream"))
+    key = parse_stream(request.query.get("stream"))
     region = parse_region(request)
-    stream = f"{app}/{name}"
     registry = request.app[REGISTRY_KEY]
-    claim, origins = await asyncio.gather(registry.lookup(stream), request.app[NODE_LISTS_KEY].get("origin"))
+    claim, origins = await asyncio.gather(registry.lookup(str(key)), request.app[NODE_LISTS_KEY].get("origin"))
     origin = choose_origin(origins, claim, region)
     if origin is None:
         raise Unavailable("no healthy origin available to publish to")
-    return web.json_response(_origin_answer(stream, origin))
+    return web.json_response(_origin_answer(key, origin))
 
 
 async def route_play(request: web.Request) -> web.Response:
-    app, name = parse_stream(request.query.get("stream"))
-    return web.json_response(await _route_play(request, app, name, parse_region(request)))
+    key = parse_stream(request.query.get("stream"))
+    return web.json_response(await _route_play(request, key, parse_region(request)))
 
 
 async def play_redirect(request: web.Request) -> web.StreamResponse:
-    app, name = parse_stream(f"{request.match_info['app']}/{request.match_info['name']}")
+    key = checked_stream(StreamKey(request.match_info["app"], request.match_info["name"]))
     # An HTTP redirect is followed by HTTP clients, and players do not follow one to rtmp:// (ffmpeg
     # refuses it): HTTP-FLV unless the client asks for RTMP.
     fmt = request.query.get("format", "flv")
     if fmt not in ("rtmp", "flv"):
         raise BadRequest(f"invalid format {fmt!r}: use rtmp or flv")
-    answer = await _route_play(request, app, name, parse_region(request))
+    answer = await _route_play(request, key, parse_region(request))
     raise web.HTTPFound(answer[fmt], headers={"Cache-Control": "no-store"})
 
 
@@ -240,7 +245,7 @@ async def status_page(request: web.Request) -> web.Response:
         '<!doctype html><html><head><meta charset="utf-8"><title>livecdn control</title>'
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
         "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}</style></head><body>"
-        f"<h1>livecdn control</h1><p>registry: {html.escape(registry.url)}</p>"
+        f"<h1>livecdn control</h1><p>registry: {html.escape(redact_url(registry.url))}</p>"
         f"<h2>Nodes ({len(nodes)})</h2>"
         + _table(["id", "role", "region", "rtmp", "http", "viewers", "streams", "Mbit/s out", "state"], node_rows)
         + f"<h2>Streams ({len(claims)})</h2>"

@@ -16,12 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.backoff import Backoff
-from common.client import RtmpClient, RtmpClientError
+from common.hub.packet import AUDIO, VIDEO
+from common.hub.stream import Hub, Stream
+from common.keys import StreamKey
 from common.media.flv import is_audio_sequence_header, is_video_sequence_header
 from common.registry import RegistryError
 from common.rtmp.events import MediaReceived
 from common.rtmp.session import SessionLimits
-from common.stream import AUDIO, VIDEO, Hub, Stream
+from common.serving.client import RtmpClient, RtmpClientError
 from edge.upstream import Resolver
 
 log = logging.getLogger(__name__)
@@ -69,14 +71,21 @@ class Puller:
         self._rebase_pending = False
 
     @property
-    def key(self) -> str:
+    def key(self) -> StreamKey:
         return self.stream.key
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self._run(), name=f"pull {self.key}")
         return self._task
 
-    async def stop(self) -> None:
+    def stop(self, reason: str) -> None:
+        """As the stream's Source: end the pull (viewers are told the stream ended)."""
+        if self._task is not None and not self._task.done():
+            log.info("%s: stopping the pull from %s: %s", self.key, self.url, reason)
+            self._task.cancel()
+
+    async def close(self) -> None:
+        """Stop the pull and wait until it has let go of its upstream and its stream."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -137,7 +146,7 @@ class Puller:
                 self.ready.set_result(False)
             if self.client is not None:
                 self.client.close()
-            if self.stream.publisher is self:
+            if self.stream.source is self:
                 self.stream.end_of_source()
             self.hub.discard_if_idle(self.stream)
             self.on_stopped(self)
@@ -146,7 +155,7 @@ class Puller:
         """One upstream session: 'ended' (the upstream said the stream stopped), 'broken' (it went away
         mid-stream), 'missing' (nobody publishes it) or 'unreachable' (registry or upstream not answering)."""
         try:
-            url = await self.resolver.resolve(self.stream.app, self.stream.name)
+            url = await self.resolver.resolve(self.key)
         except RegistryError as exc:
             log.warning("%s: registry lookup failed: %s", self.key, exc)
             return "unreachable"
@@ -169,7 +178,7 @@ class Puller:
         self.url = url
         self.connects += 1
         self._rebase_pending = self._had_output
-        self.stream.publisher = self
+        self.stream.source = self
         log.info(
             "%s: pulling from %s (%s)%s",
             self.key,
@@ -223,14 +232,13 @@ class PullManager:
         self.hub = hub
         self.resolver = resolver
         self.settings = settings
-        self.pullers: dict[str, Puller] = {}
+        self.pullers: dict[StreamKey, Puller] = {}
         self.pulls_started = 0
 
-    async def acquire(self, app: str, name: str) -> Stream | None:
-        key = f"{app}/{name}"
+    async def acquire(self, key: StreamKey) -> Stream | None:
         puller = self.pullers.get(key)
         if puller is None:
-            stream = self.hub.get_or_create(app, name)
+            stream = self.hub.get_or_create(key)
             puller = Puller(self.hub, stream, self.resolver, self.settings, self._stopped)
             self.pullers[key] = puller
             self.pulls_started += 1
@@ -247,10 +255,15 @@ class PullManager:
         if self.pullers.get(puller.key) is puller:
             del self.pullers[puller.key]
 
-    def wake(self, key: str) -> None:
+    def puller_of(self, stream: Stream) -> Puller | None:
+        """The pull feeding ``stream`` now, if any."""
+        puller = self.pullers.get(stream.key)
+        return puller if puller is not None and stream.source is puller else None
+
+    def wake(self, key: StreamKey) -> None:
         puller = self.pullers.get(key)
         if puller is not None:
             puller.wake.set()
 
     async def stop_all(self) -> None:
-        await asyncio.gather(*(p.stop() for p in list(self.pullers.values())))
+        await asyncio.gather(*(p.close() for p in list(self.pullers.values())))

@@ -6,6 +6,7 @@ import hashlib
 import logging
 from typing import Protocol
 
+from common.keys import StreamKey
 from common.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,7 @@ class Resolver(Protocol):
 
     description: str
 
-    async def resolve(self, app: str, name: str) -> str | None: ...
+    async def resolve(self, key: StreamKey) -> str | None: ...
 
 
 class RegistryResolver:
@@ -27,8 +28,8 @@ class RegistryResolver:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    async def resolve(self, app: str, name: str) -> str | None:
-        claim = await self.registry.lookup(f"{app}/{name}")
+    async def resolve(self, key: StreamKey) -> str | None:
+        claim = await self.registry.lookup(str(key))
         return claim.rtmp_url if claim is not None else None
 
 
@@ -39,8 +40,8 @@ class StaticResolver:
         self.base = upstream.rstrip("/")
         self.description = f"static {self.base}"
 
-    async def resolve(self, app: str, name: str) -> str | None:
-        return f"{self.base}/{name}"
+    async def resolve(self, key: StreamKey) -> str | None:
+        return f"{self.base}/{key.name}"
 
 
 class ParentTierResolver:
@@ -53,9 +54,8 @@ class ParentTierResolver:
         self.own_id = own_id
         self.description = f"parent region {parent_region}"
 
-    async def resolve(self, app: str, name: str) -> str | None:
-        key = f"{app}/{name}"
-        if await self.registry.lookup(key) is None:
+    async def resolve(self, key: StreamKey) -> str | None:
+        if await self.registry.lookup(str(key)) is None:
             return None
         parents = [
             n
@@ -66,4 +66,4 @@ class ParentTierResolver:
             log.warning("no live edge in parent region %s for %s", self.parent_region, key)
             return None
         best = max(parents, key=lambda n: hashlib.blake2b(f"{n.id}|{key}".encode(), digest_size=8).digest())
-        return f"rtmp://{best.rtmp}/{app}/{name}"
+        return f"rtmp://{best.rtmp}/{key}"

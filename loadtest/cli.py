@@ -91,7 +91,7 @@ def make_flv_command(out: Path, bitrate_kbps: int, seconds: float, gop_seconds: 
 @click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
 def publish(file: Path, url: str, duration: float | None, connect_timeout: float) -> None:
     """Loop FILE (FLV) to URL (rtmp://host:port/app/name) in real time, with no encoder."""
-    from common.client import RtmpClientError
+    from common.serving.client import RtmpClientError
     from loadtest.flvfile import FlvError
     from loadtest.publisher import LoopedFlv, PublishError, PublishStats, publish_flv
 
@@ -159,7 +159,8 @@ def swarm(
     progress: bool,
 ) -> None:
     """Run a viewer swarm against URL (rtmp://host:port/app/name, or http://.../name.flv) and report."""
-    from loadtest.swarm import SwarmConfig, run_swarm
+    from loadtest.swarm import run_swarm
+    from loadtest.swarm_config import SwarmConfig
 
     if protocol is None:
         protocol = "flv" if url.startswith("http://") else "rtmp"

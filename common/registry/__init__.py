@@ -15,7 +15,7 @@ __all__ = ["NodeInfo", "NodeLoad", "Registry", "RegistryError", "RegistryEvent",
 
 
 def open_registry(url: str) -> Registry:
-    """memory://, redis://host:port/db (rediss:// too), consul://host:port."""
+    """memory://, redis://host:port/db (rediss:// too)."""
     if url.startswith("memory://"):
         from common.registry.memory import MemoryRegistry
 
@@ -24,6 +24,4 @@ def open_registry(url: str) -> Registry:
         from common.registry.redis import RedisRegistry
 
         return RedisRegistry(url)
-    if url.startswith("consul://"):
-        raise ValueError("the consul:// registry backend is not available yet; use memory:// or redis://")
     raise ValueError(f"unsupported registry URL {url!r}")

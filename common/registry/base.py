@@ -1,6 +1,6 @@
 """The registry interface: live nodes (heartbeats with a TTL) and stream claims (leases with fencing).
 
-Backends: memory:// (one process; the embedded default), redis://host:port/db, consul://host:port.
+Backends: memory:// (one process; the embedded default), redis://host:port/db.
 Every backend passes the same contract tests (tests/unit/test_registry_contract.py).
 """
 

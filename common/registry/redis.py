@@ -24,7 +24,6 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -34,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common.redact import redact_url
 from common.registry.base import NodeInfo, Registry, RegistryError, RegistryEvent, StreamClaim, wall_clock
 
 log = logging.getLogger(__name__)
@@ -105,22 +105,6 @@ for i = 2, #ARGV do
 end
 return removed
 """
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = f":{parts.port}" if parts.port is not None else ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
-    except ValueError:
-        return "<unparsable redis URL>"
 
 
 def _ttl_ms(ttl: float) -> int:

@@ -287,7 +287,8 @@ class ServerSession(_Session):
             stream_id, "onStatus", 0.0, None, _status("NetStream.Publish.Start", f"{name} is now published.")
         )
 
-    def reject_publish(self, stream_id: int, code: str, description: str) -> None:
+    def reject(self, stream_id: int, code: str, description: str) -> None:
+        """Refuse a publish or a play on ``stream_id``: an error onStatus with the given code."""
         self._send_command(stream_id, "onStatus", 0.0, None, _status(code, description, level="error"))
 
     def accept_play(self, stream_id: int, name: str) -> None:
@@ -299,9 +300,6 @@ class ServerSession(_Session):
             stream_id, "onStatus", 0.0, None, _status("NetStream.Play.Start", f"Started playing {name}.")
         )
         self._send(CSID_DATA, MessageType.DATA_AMF0, stream_id, amf0.encode("|RtmpSampleAccess", True, True))
-
-    def reject_play(self, stream_id: int, code: str, description: str) -> None:
-        self._send_command(stream_id, "onStatus", 0.0, None, _status(code, description, level="error"))
 
     def end_play(self, stream_id: int, name: str) -> None:
         """The source went away: tell the player the stream is over (players then stop cleanly)."""
@@ -383,7 +381,7 @@ class ServerSession(_Session):
             raise ProtocolError(f"{command} on message stream {stream_id} that was never created")
         if not args or not isinstance(args[0], str) or not args[0]:
             code = "NetStream.Publish.BadName" if command == "publish" else "NetStream.Play.StreamNotFound"
-            self.reject_publish(stream_id, code, f"{command} without a stream name")
+            self.reject(stream_id, code, f"{command} without a stream name")
             return
         name, query = split_query(args[0])
         if command == "publish":

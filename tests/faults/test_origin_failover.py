@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from common.client import RtmpClient
 from common.rtmp.events import MediaReceived
+from common.serving.client import RtmpClient
 from tests.helpers import NodeProcess, ffmpeg_path, publishing, wait_for
 from tests.redis_server import RedisServer
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from common.client import RtmpClient
 from common.rtmp.events import MediaReceived
+from common.serving.client import RtmpClient
 from tests.helpers import NodeProcess, publishing, wait_for
 
 pytestmark = pytest.mark.integration

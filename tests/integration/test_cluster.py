@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from common.client import RtmpClient
 from common.media.flv import is_video_keyframe
 from common.rtmp.events import MediaReceived
+from common.serving.client import RtmpClient
 from tests.helpers import (
     LOW_LATENCY_INPUT,
     NodeProcess,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from common.client import RtmpClient, RtmpClientError
 from common.media.flv import is_video_keyframe
 from common.rtmp.events import MediaReceived
+from common.serving.client import RtmpClient, RtmpClientError
 from tests.helpers import (
     LOW_LATENCY_INPUT,
     ROOT,
@@ -153,7 +153,7 @@ def test_silent_connection_is_closed_after_the_handshake_timeout(tmp_path: Path)
 
 def test_bad_settings_give_a_clear_error() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "origin", "--rtmp", "nonsense", "--http", "127.0.0.1:1"],
+        [sys.executable, "-m", "livecdn", "origin", "--rtmp", "nonsense", "--http", "127.0.0.1:1"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from common.registry.base import NodeInfo, RegistryError, StreamClaim
 from common.registry.memory import MemoryRegistry
+from common.runtime.config import ConfigError, ControlSettings, load_settings
 from control.app import make_control_app
 from control.node import http_url, serve_control
 from tests.helpers import node_info as node
@@ -273,14 +274,15 @@ async def test_app_starts_and_closes_registry() -> None:
     assert reg.closed == 1
 
 
+ANY_PORT = ControlSettings(http="127.0.0.1:0")
+
+
 async def test_serve_control_port_zero_and_stop() -> None:
     reg = TrackedRegistry()
     await reg.heartbeat(node("e1", "edge"), TTL)
     stop = asyncio.Event()
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        serve_control("memory://", "127.0.0.1", 0, stop, registry=reg, on_ready=ready.set_result)
-    )
+    task = asyncio.create_task(serve_control(ANY_PORT, stop, registry=reg, on_ready=ready.set_result))
     url = await asyncio.wait_for(ready, 5)
     assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")
     async with aiohttp.ClientSession() as session, session.get(f"{url}/v1/route/play?stream=live/x") as resp:
@@ -293,7 +295,7 @@ async def test_serve_control_port_zero_and_stop() -> None:
 async def test_serve_control_opens_registry_from_url() -> None:
     stop = asyncio.Event()
     urls: list[str] = []
-    task = asyncio.create_task(serve_control("memory://", "127.0.0.1", 0, stop, on_ready=urls.append))
+    task = asyncio.create_task(serve_control(ANY_PORT, stop, on_ready=urls.append))
     for _ in range(100):
         if urls:
             break
@@ -304,9 +306,9 @@ async def test_serve_control_opens_registry_from_url() -> None:
     await asyncio.wait_for(task, 5)
 
 
-async def test_serve_control_bad_registry_url() -> None:
-    with pytest.raises(ValueError):
-        await serve_control("nope://", "127.0.0.1", 0, asyncio.Event())
+def test_control_settings_refuse_a_bad_registry_url() -> None:
+    with pytest.raises(ConfigError, match="registry"):
+        load_settings(ControlSettings, {"registry": "nope://"})
 
 
 def test_http_url_brackets_ipv6() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+import ast
 import itertools
 import time
 from pathlib import Path
@@ -12,14 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.client import RtmpUrl
+from common.hub.packet import http_chunk
 from common.media.flv import flv_file_header, flv_tag
 from common.rtmp import amf0
 from common.rtmp.chunk import ChunkReader
 from common.rtmp.events import ConnectRequested, PlayRequested
 from common.rtmp.messages import MessageType
 from common.rtmp.session import ServerSession, SessionLimits
-from common.stream import http_chunk
+from common.serving.client import RtmpUrl
 from loadtest.flvfile import (
     TAG_AUDIO,
     TAG_SCRIPT,
@@ -43,16 +43,11 @@ from loadtest.stats import (
     lag_ms,
     percentile,
 )
-from loadtest.swarm import (
-    FlvViewer,
-    RtmpViewer,
-    SwarmConfig,
-    SwarmReport,
-    ViewerFailed,
-    ViewerSpec,
-    _Swarm,
-    plan_viewers,
-)
+from loadtest.swarm_config import SwarmConfig, ViewerSpec, plan_viewers
+from loadtest.swarm_report import SwarmReport
+from loadtest.swarm_state import SwarmState
+from loadtest.viewers import FlvSwarmViewer, RtmpSwarmViewer, ViewerFailed
+from tests.layers import ROOT, import_graph
 
 AVC_HEADER = b"\x17\x00\x00\x00\x00\x01\x64\x00\x1f"
 AAC_HEADER = b"\xaf\x00\x12\x10"
@@ -375,7 +370,7 @@ class FakeTransport:
         return data
 
 
-def deliver(viewer: RtmpViewer | FlvViewer, data: bytes, read_size: int = 65536) -> None:
+def deliver(viewer: RtmpSwarmViewer | FlvSwarmViewer, data: bytes, read_size: int = 65536) -> None:
     """What the event loop does: copy into the buffer get_buffer returned, then buffer_updated."""
     for start in range(0, len(data), read_size):
         piece = data[start : start + read_size]
@@ -384,13 +379,13 @@ def deliver(viewer: RtmpViewer | FlvViewer, data: bytes, read_size: int = 65536)
         viewer.buffer_updated(len(piece))
 
 
-def make_swarm(**kwargs: Any) -> _Swarm:
+def make_swarm(**kwargs: Any) -> SwarmState:
     config = SwarmConfig(url="rtmp://127.0.0.1:1935/live/x", viewers=10, **kwargs)
-    return _Swarm(config, progress=False, out=io.StringIO())
+    return SwarmState(config)
 
 
-def rtmp_viewer_playing(swarm: _Swarm, probe: bool) -> tuple[RtmpViewer, ServerSession, FakeTransport]:
-    viewer = RtmpViewer(swarm, ViewerSpec(0, "rtmp", probe), RtmpUrl.parse("rtmp://127.0.0.1:1935/live/x"))
+def rtmp_viewer_playing(swarm: SwarmState, probe: bool) -> tuple[RtmpSwarmViewer, ServerSession, FakeTransport]:
+    viewer = RtmpSwarmViewer(swarm, ViewerSpec(0, "rtmp", probe), RtmpUrl.parse("rtmp://127.0.0.1:1935/live/x"))
     transport = FakeTransport()
     viewer.connection_made(transport)  # type: ignore[arg-type]
     server = ServerSession(SessionLimits(window_ack_size=100_000))
@@ -444,7 +439,7 @@ async def test_probe_rtmp_viewer_measures_first_frame_and_lag() -> None:
 
 async def test_rtmp_viewer_refused_play_fails_with_the_status_code() -> None:
     swarm = make_swarm()
-    viewer = RtmpViewer(swarm, ViewerSpec(0, "rtmp", False), RtmpUrl.parse("rtmp://127.0.0.1:1935/live/x"))
+    viewer = RtmpSwarmViewer(swarm, ViewerSpec(0, "rtmp", False), RtmpUrl.parse("rtmp://127.0.0.1:1935/live/x"))
     transport = FakeTransport()
     viewer.connection_made(transport)  # type: ignore[arg-type]
     server = ServerSession()
@@ -453,7 +448,7 @@ async def test_rtmp_viewer_refused_play_fails_with_the_status_code() -> None:
             if isinstance(event, ConnectRequested):
                 server.accept_connect()
             elif isinstance(event, PlayRequested):
-                server.reject_play(event.stream_id, "NetStream.Play.StreamNotFound", "no such stream")
+                server.reject(event.stream_id, "NetStream.Play.StreamNotFound", "no such stream")
         out = server.data_to_send()
         if not out:
             break
@@ -467,7 +462,7 @@ async def test_flv_viewers_check_the_status_and_probes_parse_the_chunked_body() 
     swarm = make_swarm(flv_url="http://127.0.0.1:8082/live/x.flv", protocol="mixed")
     url = HttpUrl.parse("http://127.0.0.1:8082/live/x.flv")
 
-    refused = FlvViewer(swarm, ViewerSpec(0, "flv", False), url)
+    refused = FlvSwarmViewer(swarm, ViewerSpec(0, "flv", False), url)
     transport = FakeTransport()
     refused.connection_made(transport)  # type: ignore[arg-type]
     assert transport.take().startswith(b"GET /live/x.flv HTTP/1.1\r\n")
@@ -475,12 +470,12 @@ async def test_flv_viewers_check_the_status_and_probes_parse_the_chunked_body() 
     with pytest.raises(ViewerFailed, match="http 404"):
         refused.started.result()
 
-    counting = FlvViewer(swarm, ViewerSpec(1, "flv", False), url)
+    counting = FlvSwarmViewer(swarm, ViewerSpec(1, "flv", False), url)
     counting.connection_made(FakeTransport())  # type: ignore[arg-type]
     deliver(counting, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"\x00" * 1000)
     assert counting.counting and counting.nbytes > 1000
 
-    probe = FlvViewer(swarm, ViewerSpec(2, "flv", True), url)
+    probe = FlvSwarmViewer(swarm, ViewerSpec(2, "flv", True), url)
     probe.connection_made(FakeTransport())  # type: ignore[arg-type]
     epoch = time.time() * 1000.0 - 2000.0
     body = http_chunk(flv_file_header()) + b"".join(
@@ -545,3 +540,72 @@ def test_report_table_and_json(tmp_path: Path) -> None:
     path = tmp_path / "r.json"
     report.write_json(path)
     assert '"delivered_ratio": 1.0' in path.read_text()
+
+
+# --- the scenario's plumbing (no server started) ---------------------------------------------------
+
+
+def test_scenario_config_builds_each_steps_swarm_and_command() -> None:
+    from loadtest.scenario import PassCriteria, ScenarioConfig
+    from loadtest.servers import ServerUnderTest
+    from loadtest.swarm_processes import swarm_command
+
+    config = ScenarioConfig(
+        server_kind="nginx",
+        steps=(100, 200),
+        flv=Path("x.flv"),
+        merge_window=0.0,
+        duration=10.0,
+        ramp=50.0,
+        probes=3,
+        node_core=0,
+        load_core=1,
+        criteria=PassCriteria(),
+        rcvlowat=65536,
+        rcvbuf=None,
+        bitrate_kbps=2000.0,
+        keep_going=False,
+        stalled=0,
+        protocol="mixed",
+    )
+    url = "rtmp://127.0.0.1:1935/live/bench"
+    swarm = config.swarm_config(ServerUnderTest("nginx", url, None, url), 200, 1234.0)
+    assert (swarm.url, swarm.viewers, swarm.duration, swarm.protocol) == (url, 200, 200 / 50 + 10, "rtmp")
+    assert (swarm.probes, swarm.bitrate_kbps, swarm.epoch_ms, swarm.rcvbuf) == (3, 2000.0, 1234.0, None)
+    command = swarm_command(swarm, Path("out.json"), load_core=None, nice=10, progress=False)
+    assert command[:3] == ["nice", "-n", "10"] and command[-2:] == ["--epoch-ms", "1234.0"]
+    assert "--no-progress" in command and "--rcvbuf" not in command and "--flv-url" not in command
+
+
+# --- layering (the project-wide rules are in tests/unit/test_layers.py) --------------------------------
+
+# The load tools are clients: they use the protocol, media and client code, never a node's runtime.
+COMMON_ALLOWED = (
+    "common",
+    "common.system",
+    "common.keys",
+    "common.backoff",
+    "common.rtmp",
+    "common.media",
+    "common.hub",
+    "common.serving.client",
+)
+
+
+def _is_within(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == package or module.startswith(package + ".") for package in packages)
+
+
+def test_loadtest_imports_only_the_shared_common_modules() -> None:
+    for module, targets in import_graph().items():
+        if _is_within(module, ("loadtest",)):
+            outside = [t for t in targets if not _is_within(t, ("loadtest",))]
+            assert all(_is_within(t, COMMON_ALLOWED) for t in outside), (module, outside)
+
+
+def test_the_cli_does_not_import_the_scenario_at_start() -> None:
+    """`loadtest.__main__` registers the scenario command; the CLI module itself stays quick to import."""
+    tree = ast.parse((ROOT / "loadtest" / "cli.py").read_text())
+    top_level = {n.module for n in tree.body if isinstance(n, ast.ImportFrom)}
+    top_level |= {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    assert "loadtest.scenario" not in top_level

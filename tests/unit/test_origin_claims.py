@@ -6,10 +6,12 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from common.config import NodeSettings
+from common.keys import StreamKey
 from common.registry.memory import MemoryRegistry
 from common.rtmp.events import PublishRequested
-from origin.node import OriginNode
+from common.runtime.config import NodeSettings
+from common.runtime.node import Node
+from origin.role import OriginRole
 
 
 class SlowRegistry(MemoryRegistry):
@@ -27,15 +29,15 @@ class SlowRegistry(MemoryRegistry):
 
 
 def fake_conn() -> Any:
-    session = SimpleNamespace(app="live", reject_publish=lambda *a: None, accept_publish=lambda *a: None)
+    session = SimpleNamespace(app="live", reject=lambda *a: None, accept_publish=lambda *a: None)
     return SimpleNamespace(closed=False, peer="test", session=session, publishing={})
 
 
 async def test_claim_released_when_the_publisher_leaves_during_the_claim() -> None:
     registry = SlowRegistry()
-    node = OriginNode(NodeSettings(node_id="origin-a"), registry)
+    node = Node(NodeSettings(node_id="origin-a"), OriginRole, registry)
     conn = fake_conn()
-    waiter = node.service.handle(conn, PublishRequested(1, "cam", "", "live"))
+    waiter = node.rtmp.handle(conn, PublishRequested(1, "cam", "", "live"))
     assert waiter is not None
     task = asyncio.ensure_future(waiter)
     await registry.claiming.wait()
@@ -44,18 +46,18 @@ async def test_claim_released_when_the_publisher_leaves_during_the_claim() -> No
     await task
     await asyncio.sleep(0.01)  # the release runs as a background task
     assert await registry.lookup("live/cam") is None, "the claim must not outlive a publisher that never started"
-    assert node.hub.get("live", "cam") is None
+    assert node.hub.get(StreamKey("live", "cam")) is None
     assert conn.publishing == {}
-    await node.cancel_tasks()
+    await node.tasks.cancel_all()
 
 
 async def test_claim_kept_while_the_publisher_stays() -> None:
     registry = MemoryRegistry()
-    node = OriginNode(NodeSettings(node_id="origin-a"), registry)
+    node = Node(NodeSettings(node_id="origin-a"), OriginRole, registry)
     conn = fake_conn()
-    waiter = node.service.handle(conn, PublishRequested(1, "cam", "", "live"))
+    waiter = node.rtmp.handle(conn, PublishRequested(1, "cam", "", "live"))
     assert waiter is not None
     await waiter
     claim = await registry.lookup("live/cam")
     assert claim is not None and claim.origin == "origin-a"
-    assert conn.publishing[1].key == "live/cam"
+    assert conn.publishing[1].key == StreamKey("live", "cam")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 
+from common.hub.packet import AUDIO, VIDEO, HubLimits
+from common.hub.stream import Hub, Stream
+from common.keys import StreamKey
 from common.registry.memory import MemoryRegistry
 from common.rtmp.events import MediaReceived
 from common.rtmp.session import SessionLimits
-from common.stream import AUDIO, VIDEO, Hub, HubLimits, Stream
 from edge.puller import Puller, PullSettings
 from edge.upstream import RegistryResolver
 
@@ -31,7 +33,7 @@ class Recorder:
 
 async def make_puller() -> tuple[Puller, Recorder]:
     hub = Hub(HubLimits(merge_window=0), lambda delay, callback: None)
-    stream = hub.get_or_create("live", "x")
+    stream = hub.get_or_create(StreamKey("live", "x"))
     recorder = Recorder(stream)
     settings = PullSettings(SessionLimits(), idle_grace=1, pull_timeout=1, reconnect_window=1)
     puller = Puller(hub, stream, RegistryResolver(MemoryRegistry()), settings, lambda p: None)

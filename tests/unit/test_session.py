@@ -107,7 +107,7 @@ def test_play_sequence_and_refusals() -> None:
     pair.client.play(stream_id, "missing")
     pair.pump()
     request = pair.take_server(PlayRequested)
-    pair.server.reject_play(request.stream_id, "NetStream.Play.StreamNotFound", "not live")
+    pair.server.reject(request.stream_id, "NetStream.Play.StreamNotFound", "not live")
     pair.pump()
     status = pair.take_client(StatusReceived)
     assert (status.level, status.code) == ("error", "NetStream.Play.StreamNotFound")
@@ -130,7 +130,7 @@ def test_second_publisher_gets_bad_name_status() -> None:
     pair.client.publish(stream_id, "cam")
     pair.pump()
     request = pair.take_server(PublishRequested)
-    pair.server.reject_publish(request.stream_id, "NetStream.Publish.BadName", "live/cam is already being published")
+    pair.server.reject(request.stream_id, "NetStream.Publish.BadName", "live/cam is already being published")
     pair.pump()
     status = pair.take_client(StatusReceived)
     assert status.code == "NetStream.Publish.BadName"

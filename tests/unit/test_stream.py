@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from common.hub.packet import AUDIO, DATA, RTMP, VIDEO, HubLimits
+from common.hub.stream import Hub, Stream
+from common.keys import StreamKey
 from common.rtmp import amf0
 from common.rtmp.chunk import ChunkReader
-from common.stream import AUDIO, DATA, RTMP, VIDEO, Hub, HubLimits, Stream
 
 AVC_HEADER = b"\x17\x00\x00\x00\x00\x01\x64\x00\x1f"
 AAC_HEADER = b"\xaf\x00\x12\x10"
@@ -46,6 +48,13 @@ class FakeViewer:
 IMMEDIATE = HubLimits(merge_window=0)
 
 
+class FakeSource:
+    """Feeds nothing by itself; the test calls stream.feed."""
+
+    def stop(self, reason: str) -> None:
+        raise AssertionError(f"nobody stops a test's source: {reason}")
+
+
 class ManualScheduler:
     """Stands in for the event loop's call_later: the test decides when a merge window ends."""
 
@@ -71,8 +80,8 @@ class ManualScheduler:
 
 
 def live_stream(limits: HubLimits = IMMEDIATE, scheduler: ManualScheduler | None = None) -> Stream:
-    stream = Hub(limits, scheduler or ManualScheduler()).get_or_create("live", "cam")
-    stream.publisher = object()
+    stream = Hub(limits, scheduler or ManualScheduler()).get_or_create(StreamKey("live", "cam"))
+    stream.source = FakeSource()
     stream.feed(DATA, 0, META)
     stream.feed(VIDEO, 0, AVC_HEADER)
     stream.feed(AUDIO, 0, AAC_HEADER)
@@ -179,16 +188,16 @@ def test_end_of_source_tells_viewers_and_clears_caches() -> None:
 
 def test_hub_bounds_its_stream_count_and_discards_idle_streams() -> None:
     hub = Hub(HubLimits(max_streams=2), ManualScheduler())
-    a = hub.get_or_create("live", "a")
-    hub.get_or_create("live", "b")
+    a = hub.get_or_create(StreamKey("live", "a"))
+    hub.get_or_create(StreamKey("live", "b"))
     try:
-        hub.get_or_create("live", "c")
+        hub.get_or_create(StreamKey("live", "c"))
     except OverflowError as exc:
         assert "maximum" in str(exc)
     else:
         raise AssertionError("third stream accepted")
     hub.discard_if_idle(a)
-    assert hub.get("live", "a") is None
+    assert hub.get(StreamKey("live", "a")) is None
     assert len(hub) == 1
 
 
@@ -272,8 +281,8 @@ def test_viewer_that_stays_behind_past_the_stall_limit_is_dropped() -> None:
     hub = Hub(
         HubLimits(merge_window=0, viewer_high_water=1000, viewer_max_stall=5.0), ManualScheduler(), lambda: now[0]
     )
-    stream = hub.get_or_create("live", "cam")
-    stream.publisher = object()
+    stream = hub.get_or_create(StreamKey("live", "cam"))
+    stream.source = FakeSource()
     stuck, fine = FakeViewer(), FakeViewer()
     stream.add_subscriber(stuck)
     stream.add_subscriber(fine)

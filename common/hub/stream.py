@@ -1,9 +1,9 @@
 """The hub: one Stream per app/name, its caches, its subscribers, and the fan-out of shared bytes.
 
-The hub knows nothing of the cluster or of sockets. A publisher (an RTMP ingest or an edge's
-upstream pull) feeds packets in; each packet is serialized to RTMP chunk bytes once and the same
-bytes object is written to every subscriber. Late joiners get metadata, sequence headers and the
-cached GOP first, so their first frame arrives at once.
+The hub knows nothing of the cluster or of sockets. A source (an RTMP ingest or an edge's upstream
+pull) feeds packets in; each packet is serialized to RTMP chunk bytes once and the same bytes object is
+written to every subscriber. Late joiners get metadata, sequence headers and the cached GOP first, so
+their first frame arrives at once.
 """
 
 from __future__ import annotations
@@ -14,78 +14,22 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Protocol
 
-from common.fanout import FanOut, Scheduler, Subscriber
-from common.media.flv import flv_tag, is_audio_sequence_header, is_video_keyframe, is_video_sequence_header
-from common.rtmp import amf0
-from common.rtmp.chunk import encode_message
-from common.rtmp.errors import ProtocolError
-from common.rtmp.messages import CSID_AUDIO, CSID_DATA, CSID_VIDEO, MEDIA_STREAM_ID, MessageType
+from common.hub.fanout import FanOut, Scheduler, Subscriber
+from common.hub.packet import AUDIO, DATA, VIDEO, HubLimits, Packet
+from common.keys import StreamKey
+from common.media.flv import is_audio_sequence_header, is_video_sequence_header
+from common.media.metadata import player_metadata
 
 log = logging.getLogger(__name__)
 
-AUDIO: Final = int(MessageType.AUDIO)
-VIDEO: Final = int(MessageType.VIDEO)
-DATA: Final = int(MessageType.DATA_AMF0)
-_CSID_FOR_KIND: Final = {AUDIO: CSID_AUDIO, VIDEO: CSID_VIDEO, DATA: CSID_DATA}
-RTMP: Final = "rtmp"  # wire formats a subscriber can take
-FLV: Final = "flv"
 
+class Source(Protocol):
+    """Whoever feeds a stream: a publisher's connection at an origin, an upstream pull at an edge."""
 
-class Packet:
-    """One media message, immutable, with its wire bytes built once and shared by every viewer.
-
-    ``rtmp`` is the chunked message (type-0 header on the fixed csid for its kind, message stream 1),
-    built at once; ``flv`` is the FLV tag framed as one HTTP chunk, built on first use only (streams
-    without HTTP-FLV viewers never pay for it).
-    """
-
-    __slots__ = ("_flv", "keyframe", "kind", "payload", "rtmp", "timestamp")
-
-    def __init__(self, kind: int, timestamp: int, payload: bytes, keyframe: bool, rtmp: bytes) -> None:
-        self.kind = kind
-        self.timestamp = timestamp
-        self.payload = payload
-        self.keyframe = keyframe
-        self.rtmp = rtmp
-        self._flv: bytes | None = None
-
-    @classmethod
-    def build(cls, kind: int, timestamp: int, payload: bytes, chunk_size: int) -> Packet:
-        keyframe = kind == VIDEO and is_video_keyframe(payload)
-        wire = encode_message(_CSID_FOR_KIND[kind], timestamp, kind, MEDIA_STREAM_ID, payload, chunk_size)
-        return cls(kind, timestamp, payload, keyframe, wire)
-
-    @property
-    def flv(self) -> bytes:
-        if self._flv is None:
-            self._flv = http_chunk(flv_tag(self.kind, self.timestamp, self.payload))
-        return self._flv
-
-    def wire(self, fmt: str) -> bytes:
-        return self.rtmp if fmt == RTMP else self.flv
-
-
-def http_chunk(data: bytes) -> bytes:
-    """One HTTP/1.1 chunked-transfer chunk; prebuilt per packet so FLV viewers share it too."""
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-@dataclass(frozen=True, slots=True)
-class HubLimits:
-    chunk_size: int = 4096  # outbound chunk size every viewer is told before media
-    gop_max_bytes: int = 8 * 1024 * 1024  # cached GOP; past it the cache is dropped until the next key frame
-    gop_max_packets: int = 4096
-    viewer_high_water: int = 1 * 1024 * 1024  # buffered bytes: above it a viewer skips to the next key frame
-    viewer_max_buffer: int = 8 * 1024 * 1024  # buffered bytes: above it a viewer is disconnected
-    viewer_max_stall: float = 10.0  # seconds: a viewer skipped this long without catching up is disconnected
-    max_streams: int = 10_000
-    # Merged writes: packets arriving within this many seconds go to each viewer as one write (one
-    # syscall per viewer per window instead of per message). 0 writes every packet at once. The
-    # window is added to viewers' latency; see docs/BENCHMARKS.md for the trade.
-    merge_window: float = 0.02
-    merge_phases: int = 0  # groups of viewers flushed in turn across the window; 0: one per 25 ms of window
+    def stop(self, reason: str) -> None:
+        """Stop feeding (the publisher is disconnected, the pull ends); the stream sees end_of_source."""
 
 
 def asyncio_scheduler(delay: float, callback: Callable[[], None]) -> object:
@@ -134,25 +78,11 @@ class GopCache:
         return len(self._packets)
 
 
-def metadata_payload(payload: bytes) -> bytes | None:
-    """Turn '@setDataFrame onMetaData {...}' into the 'onMetaData {...}' players expect; None if not metadata."""
-    try:
-        values = amf0.decode(payload)
-    except ProtocolError:
-        return None
-    if values and values[0] == "@setDataFrame":
-        values = values[1:]
-    if len(values) >= 2 and values[0] == "onMetaData":
-        return amf0.encode(*values)
-    return None
-
-
 @dataclass(eq=False)
 class Stream:
-    app: str
-    name: str
+    key: StreamKey
     limits: HubLimits
-    publisher: object | None = None
+    source: Source | None = None  # None: nobody feeds it (a reservation sets it before any await)
     metadata: Packet | None = None
     video_header: Packet | None = None
     audio_header: Packet | None = None
@@ -168,8 +98,16 @@ class Stream:
         self.fanout = FanOut(self.limits, self.scheduler, self.clock, self.headers)
 
     @property
-    def key(self) -> str:
-        return f"{self.app}/{self.name}"
+    def app(self) -> str:
+        return self.key.app
+
+    @property
+    def name(self) -> str:
+        return self.key.name
+
+    @property
+    def live(self) -> bool:
+        return self.source is not None
 
     @property
     def viewers(self) -> int:
@@ -194,11 +132,11 @@ class Stream:
     # -- the source side -----------------------------------------------------------------------------
 
     def feed(self, kind: int, timestamp: int, payload: bytes) -> Packet | None:
-        """One message from the publisher: cache what late joiners need, then fan it out."""
+        """One message from the source: cache what late joiners need, then fan it out."""
         self.bytes_in += len(payload)
         self.packets_in += 1
         if kind == DATA:
-            meta = metadata_payload(payload)
+            meta = player_metadata(payload)
             if meta is None:
                 packet = Packet.build(DATA, timestamp, payload, self.limits.chunk_size)
             else:
@@ -226,9 +164,9 @@ class Stream:
         self.fanout.flush_all()
 
     def end_of_source(self) -> None:
-        """The publisher left: what is pending goes out, viewers are told and let go; caches are emptied."""
+        """The source left: what is pending goes out, viewers are told and let go; caches are emptied."""
         self.fanout.flush_all()
-        self.publisher = None
+        self.source = None
         for subscriber in self.fanout.detach_all():
             subscriber.source_ended()
         self.metadata = self.video_header = self.audio_header = None
@@ -255,22 +193,21 @@ class Hub:
         self.limits = limits or HubLimits()
         self.scheduler = scheduler
         self.clock = clock
-        self._streams: dict[str, Stream] = {}
+        self._streams: dict[StreamKey, Stream] = {}
 
-    def get(self, app: str, name: str) -> Stream | None:
-        return self._streams.get(f"{app}/{name}")
+    def get(self, key: StreamKey) -> Stream | None:
+        return self._streams.get(key)
 
-    def get_or_create(self, app: str, name: str) -> Stream:
-        key = f"{app}/{name}"
+    def get_or_create(self, key: StreamKey) -> Stream:
         stream = self._streams.get(key)
         if stream is None:
             if len(self._streams) >= self.limits.max_streams:
                 raise OverflowError(f"hub holds its maximum of {self.limits.max_streams} streams")
-            stream = self._streams[key] = Stream(app, name, self.limits, scheduler=self.scheduler, clock=self.clock)
+            stream = self._streams[key] = Stream(key, self.limits, scheduler=self.scheduler, clock=self.clock)
         return stream
 
     def discard_if_idle(self, stream: Stream) -> None:
-        if stream.publisher is None and stream.viewers == 0 and self._streams.get(stream.key) is stream:
+        if stream.source is None and stream.viewers == 0 and self._streams.get(stream.key) is stream:
             del self._streams[stream.key]
 
     def __iter__(self) -> Iterator[Stream]:

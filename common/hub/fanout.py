@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
-if TYPE_CHECKING:
-    from common.stream import HubLimits, Packet
+from common.hub.packet import HubLimits, Packet
 
 log = logging.getLogger(__name__)
 

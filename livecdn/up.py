@@ -11,9 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
-from common.config import EdgeSettings, HostPort, NodeSettings
-from common.node import Node, start_node, stop_on_signals
 from common.registry import open_registry
+from common.runtime.config import ControlSettings, EdgeSettings, HostPort, NodeSettings
+from common.runtime.node import Node
+from common.runtime.run import start_node, stop_on_signals
+from control.node import serve_control
+from edge.role import EdgeRole
+from origin.role import OriginRole
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +37,13 @@ def _port(base: int, offset: int) -> int:
 
 
 async def up(options: UpOptions, stop: asyncio.Event | None = None) -> None:
-    from control.node import serve_control
-    from edge.node import EdgeNode
-    from origin.node import OriginNode
-
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
     registry = open_registry(options.registry)
     host = options.host
     first, second = options.regions
     nodes: list[Node] = [
-        OriginNode(
+        Node(
             NodeSettings(
                 rtmp=HostPort(host, _port(options.rtmp_port, 0)),
                 http=HostPort(host, _port(options.http_port, 1)),
@@ -51,12 +51,13 @@ async def up(options: UpOptions, stop: asyncio.Event | None = None) -> None:
                 region=first,
                 node_id="origin-1",
             ),
+            OriginRole,
             registry,
         )
     ]
     for index, region in enumerate((first, second)):
         nodes.append(
-            EdgeNode(
+            Node(
                 EdgeSettings(
                     rtmp=HostPort(host, _port(options.rtmp_port, 1 + index)),
                     http=HostPort(host, _port(options.http_port, 2 + index)),
@@ -65,6 +66,7 @@ async def up(options: UpOptions, stop: asyncio.Event | None = None) -> None:
                     node_id=f"edge-{region}-1",
                     idle_grace=options.idle_grace,
                 ),
+                EdgeRole,
                 registry,
             )
         )
@@ -73,7 +75,10 @@ async def up(options: UpOptions, stop: asyncio.Event | None = None) -> None:
     control_stop = asyncio.Event()
     control = asyncio.create_task(
         serve_control(
-            options.registry, host, options.http_port, control_stop, registry=registry, on_ready=control_url.set_result
+            ControlSettings(registry=options.registry, http=HostPort(host, options.http_port)),
+            control_stop,
+            registry=registry,
+            on_ready=control_url.set_result,
         ),
         name="control plane",
     )
@@ -97,15 +102,16 @@ async def up(options: UpOptions, stop: asyncio.Event | None = None) -> None:
 
 def _banner(nodes: list[Node], control: str, options: UpOptions) -> str:
     origin, *edges = nodes
+    where = f"origin {origin.settings.node_id}, region {origin.settings.region}"
     lines = [
         f"livecdn up: a local cluster (registry {options.registry})",
         f"  control:  {control}/   (status page; {control}/v1/nodes, {control}/v1/streams)",
-        f"  publish:  {origin.rtmp_url()}   (origin {origin.settings.node_id}, region {origin.settings.region})",
+        f"  publish:  {origin.addresses.rtmp_url()}   ({where})",
     ]
     for index, edge in enumerate(edges):
         label = "  play:     " if index == 0 else "            "
         lines.append(
-            f"{label}{edge.rtmp_url()}   or   {edge.http_url('/live/STREAM.flv')}   "
+            f"{label}{edge.addresses.rtmp_url()}   or   {edge.addresses.http_url('/live/STREAM.flv')}   "
             f"({edge.settings.node_id}, region {edge.settings.region})"
         )
     lines += [

@@ -1,10 +1,10 @@
-"""Typed node settings: command-line flags > LIVECDN_* environment > optional TOML file > defaults."""
+"""Typed settings of every process: command-line flags > LIVECDN_* environment > optional TOML file > defaults."""
 
 from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple, TypeVar
+from typing import Annotated, Any, Final, NamedTuple, TypeVar
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic_settings import (
@@ -47,27 +47,62 @@ def parse_host_port(value: Any) -> HostPort:
     return HostPort(host.strip("[]") or "0.0.0.0", port)
 
 
-def _check_registry_url(value: str) -> str:
-    if not value.startswith(("memory://", "redis://", "rediss://", "consul://")):
-        raise ValueError(f"unsupported registry URL {value!r} (memory://, redis://host:port/db, consul://host:port)")
+REGISTRY_SCHEMES: Final = ("memory://", "redis://", "rediss://")  # what open_registry can open
+REGISTRY_HELP: Final = "memory:// (one process only) or redis://host:port/db"
+
+
+def check_registry_url(value: str) -> str:
+    if not value.startswith(REGISTRY_SCHEMES):
+        raise ValueError(f"unsupported registry URL {value!r}: use {REGISTRY_HELP}")
     return value
 
 
-class NodeSettings(BaseSettings):
-    """Settings every node (origin, edge) shares."""
+HostPortSetting = Annotated[HostPort, BeforeValidator(parse_host_port)]
+RegistryUrl = Annotated[str, AfterValidator(check_registry_url)]
+
+
+class Settings(BaseSettings):
+    """Every process's settings: flags (init) > LIVECDN_* environment > the TOML file given > defaults."""
 
     model_config = SettingsConfigDict(env_prefix="LIVECDN_", extra="ignore", validate_default=True)
 
-    rtmp: Annotated[HostPort, BeforeValidator(parse_host_port)] = Field(
-        default=HostPort("127.0.0.1", 1935), description="RTMP listen address"
+    registry: RegistryUrl = "memory://"
+    log_level: str = Field(default="info", pattern=r"(?i)^(debug|info|warning|error)$")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        toml_file = settings_cls.model_config.get("toml_file")
+        if toml_file:
+            sources += (TomlConfigSettingsSource(settings_cls),)
+        return sources
+
+
+class ControlSettings(Settings):
+    """The control plane's settings."""
+
+    http: HostPortSetting = Field(default=HostPort("127.0.0.1", 8000), description="HTTP listen address")
+    epsilon: float = Field(
+        default=0.25, ge=0, description="bounded-load slack: no edge above (1+epsilon) x the average viewers"
     )
-    http: Annotated[HostPort, BeforeValidator(parse_host_port)] = Field(
+
+
+class NodeSettings(Settings):
+    """Settings every media node (origin, edge) shares."""
+
+    rtmp: HostPortSetting = Field(default=HostPort("127.0.0.1", 1935), description="RTMP listen address")
+    http: HostPortSetting = Field(
         default=HostPort("127.0.0.1", 8080), description="HTTP listen address (health, stats, metrics)"
     )
-    registry: Annotated[str, AfterValidator(_check_registry_url)] = "memory://"
     region: str = Field(default="default", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
     node_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
-    log_level: str = Field(default="info", pattern=r"(?i)^(debug|info|warning|error)$")
     chunk_size: int = Field(default=4096, ge=128, le=65536, description="outbound RTMP chunk size")
     max_message_size: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
     max_in_chunk_size: int = Field(default=65536, ge=128, le=16 * 1024 * 1024)
@@ -114,23 +149,8 @@ class EdgeSettings(NodeSettings):
         default=10.0, gt=0, description="seconds a broken upstream is retried with no source before viewers are told"
     )
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
-        toml_file = settings_cls.model_config.get("toml_file")
-        if toml_file:
-            sources += (TomlConfigSettingsSource(settings_cls),)
-        return sources
 
-
-S = TypeVar("S", bound=NodeSettings)
+S = TypeVar("S", bound=Settings)
 
 
 def load_settings(cls: type[S], overrides: dict[str, Any] | None = None, config_file: str | Path | None = None) -> S:

@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from common.keys import StreamKey
+
 
 class NodeCollector(Collector):
     """Exposes a node's stats() dictionary as Prometheus metrics."""
@@ -55,7 +57,7 @@ class NodeCollector(Collector):
             "livecdn_stream_bytes_out", "Media bytes sent per stream", labels=[*labels, "stream"]
         )
         for s in streams:
-            key = f"{s['app']}/{s['name']}"
+            key = str(StreamKey(s["app"], s["name"]))
             by_stream_in.add_metric([*values, key], s["bytes_in"])
             by_stream_out.add_metric([*values, key], s["bytes_out"])
         yield by_stream_in

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
-from common.metrics import make_registry, render
+from common.runtime.metrics import make_registry, render
 
 StatsFn = Callable[[], dict[str, Any]]
 ReadyFn = Callable[[], Awaitable[bool]]

@@ -11,13 +11,16 @@ import logging
 
 from aiohttp import web
 
+from common.hub.packet import FLV, http_chunk
+from common.hub.stream import Stream
+from common.keys import StreamKey
 from common.media.flv import flv_file_header
-from common.server import Rejected, RtmpService, valid_name
-from common.stream import FLV, Stream, http_chunk
+from common.serving.playback import Playback
+from common.serving.policy import Rejected
 
 log = logging.getLogger(__name__)
 
-SERVICE_KEY = web.AppKey("rtmp_service", RtmpService)
+PLAYBACK_KEY = web.AppKey("playback", Playback)
 
 
 class FlvViewer:
@@ -52,16 +55,16 @@ class FlvViewer:
 
 
 async def play_flv(request: web.Request) -> web.StreamResponse:
-    service = request.app[SERVICE_KEY]
-    app, name = request.match_info["app"], request.match_info["name"]
-    if not valid_name(app) or not valid_name(name):
-        raise web.HTTPBadRequest(text=f"invalid stream {app}/{name}\n")
+    playback = request.app[PLAYBACK_KEY]
+    key = StreamKey(request.match_info["app"], request.match_info["name"])
+    if not key.valid:
+        raise web.HTTPBadRequest(text=f"invalid stream {key}\n")
     try:
-        stream = await service.locate_for_play(app, name, request.query_string)
+        stream = await playback.locate(key, request.query_string)
     except Rejected as exc:
         raise web.HTTPForbidden(text=f"{exc.description}\n") from None
     if stream is None:
-        raise web.HTTPNotFound(text=f"{app}/{name} is not live\n")
+        raise web.HTTPNotFound(text=f"{key} is not live\n")
     transport = request.transport
     if transport is None:
         raise web.HTTPServiceUnavailable()
@@ -73,14 +76,10 @@ async def play_flv(request: web.Request) -> web.StreamResponse:
     peer = request.remote or "?"
     viewer = FlvViewer(transport, stream, peer)
     viewer.write(http_chunk(flv_file_header()))
-    stream.add_subscriber(viewer)
-    service.viewer_joined(stream)
-    log.info("%s: playing %s over HTTP-FLV (%d viewers)", peer, stream.key, stream.viewers)
+    playback.subscribe(stream, viewer, peer, "HTTP-FLV")
     try:
         reason = await viewer.done
         log.info("%s: HTTP-FLV viewer of %s done: %s", peer, stream.key, reason)
     finally:  # also on cancellation: the client went away and aiohttp cancels the handler
-        stream.remove_subscriber(viewer)
-        service.viewer_left(stream)
-        service.hub.discard_if_idle(stream)
+        playback.unsubscribe(stream, viewer)
     return response

@@ -1,6 +1,6 @@
 """The thin asyncio layer: a Protocol that drives one sans-IO ServerSession over a transport.
 
-Events are handed to the node's service synchronously. When the service needs to wait (a registry
+Events are handed to a ConnectionHandler (the RTMP service) synchronously. When the service needs to wait (a registry
 claim, an upstream pull) it returns an awaitable: reading pauses, later events queue in order, and
 dispatch resumes when the wait is over. The media hot path stays synchronous.
 """
@@ -12,19 +12,65 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
+from common.hub.packet import RTMP
+from common.hub.stream import Stream
 from common.rtmp.events import ConnectionFailed, Event
-from common.rtmp.session import ServerSession
-
-if TYPE_CHECKING:
-    from common.server import RtmpService
+from common.rtmp.session import ServerSession, SessionLimits
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    handshake: float = 10.0  # seconds from TCP accept to a connect command
+    idle: float = 30.0  # seconds without input on a connection that is not playing
+
+
+class ConnectionHandler(Protocol):
+    """What a connection needs from the service that gives its events meaning."""
+
+    session_limits: SessionLimits
+    timeouts: Timeouts
+
+    def connection_opened(self, conn: RtmpServerProtocol) -> None: ...
+    def connection_closed(self, conn: RtmpServerProtocol) -> None: ...
+    def protocol_error(self, conn: RtmpServerProtocol, reason: str) -> None: ...
+    def handle(self, conn: RtmpServerProtocol, event: Event) -> Awaitable[None] | None:
+        """Act on one event; an awaitable pauses this connection's input until it is done."""
+
+
+class RtmpViewer:
+    """A playing connection as the hub's Subscriber: writes go straight to the transport."""
+
+    __slots__ = ("buffered", "conn", "stream", "stream_id", "write")
+    wire_format = RTMP
+
+    def __init__(self, conn: RtmpServerProtocol, stream: Stream, stream_id: int) -> None:
+        assert conn.transport is not None
+        self.conn = conn
+        self.stream = stream
+        self.stream_id = stream_id
+        # The transport's own methods: the hub's fan-out loop calls them with no Python frame in between.
+        self.write = conn.transport.write
+        self.buffered = conn.transport.get_write_buffer_size
+
+    def drop(self, reason: str) -> None:
+        log.warning("%s: dropping viewer of %s: %s", self.conn.peer, self.stream.key, reason)
+        self.conn.abort(reason)  # connection_lost runs later, outside the hub's fan-out loop
+
+    def source_ended(self) -> None:
+        self.conn.viewer = None
+        self.conn.session.end_play(self.stream_id, self.stream.name)
+        self.conn.close(f"source of {self.stream.key} ended")
+
+
 class RtmpServerProtocol(asyncio.Protocol):
-    def __init__(self, service: RtmpService) -> None:
+    """One RTMP connection. As a publisher it is its stream's Source: ``stop`` disconnects it."""
+
+    def __init__(self, service: ConnectionHandler) -> None:
         self.service = service
         self.session = ServerSession(service.session_limits)
         self.transport: asyncio.Transport | None = None
@@ -32,8 +78,8 @@ class RtmpServerProtocol(asyncio.Protocol):
         self.closed = False
         self.close_reason = ""
         self.last_received = time.monotonic()
-        self.publishing: dict[int, Any] = {}  # message stream id -> Stream
-        self.viewer: Any = None  # the Viewer while this connection plays a stream
+        self.publishing: dict[int, Stream] = {}  # message stream id -> the stream it feeds
+        self.viewer: RtmpViewer | None = None  # while this connection plays a stream
         self._pending: deque[Event] = deque()
         self._waiting: asyncio.Future[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -133,6 +179,9 @@ class RtmpServerProtocol(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    def stop(self, reason: str) -> None:
+        self.close(reason)
 
     def abort(self, reason: str) -> None:
         """Drop at once, discarding anything still buffered (a viewer that fell too far behind)."""

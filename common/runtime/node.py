@@ -1,0 +1,233 @@
+"""A media node (origin or edge), built in one place and run as one aiohttp application.
+
+Built in this order: settings -> registry -> hub -> the role (origin claims, edge pulls) -> the RTMP
+service and the HTTP app that both play through one Playback path. Every resource is an aiohttp
+cleanup context, started in the order below and stopped in reverse:
+
+    registry -> open connections -> the role's resources -> RTMP listener -> heartbeat
+
+so at shutdown the node leaves the registry's node list first, stops accepting, lets the role release
+its claims and stop its pulls while the registry is still open, then closes the remaining connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from common.backoff import Backoff
+from common.hub.packet import HubLimits
+from common.hub.stream import Hub
+from common.redact import redact_url
+from common.registry import NodeInfo, NodeLoad, Registry, RegistryError, open_registry
+from common.rtmp.session import SessionLimits
+from common.runtime.config import HostPort, NodeSettings
+from common.runtime.http import make_node_app
+from common.runtime.role import Addresses, NodeContext, RoleFactory
+from common.runtime.tasks import BackgroundTasks
+from common.serving.connection import Timeouts
+from common.serving.httpflv import PLAYBACK_KEY, play_flv
+from common.serving.playback import Playback
+from common.serving.service import RtmpOptions, RtmpService
+
+log = logging.getLogger(__name__)
+
+
+def hub_limits(settings: NodeSettings) -> HubLimits:
+    return HubLimits(
+        chunk_size=settings.chunk_size,
+        gop_max_bytes=settings.gop_max_bytes,
+        gop_max_packets=settings.gop_max_packets,
+        viewer_high_water=settings.viewer_high_water,
+        viewer_max_buffer=settings.viewer_max_buffer,
+        viewer_max_stall=settings.viewer_max_stall,
+        merge_window=settings.merge_window,
+        merge_phases=settings.merge_phases,
+    )
+
+
+def session_limits(settings: NodeSettings) -> SessionLimits:
+    return SessionLimits(
+        max_chunk_size=settings.max_in_chunk_size,
+        max_message_size=settings.max_message_size,
+        max_chunk_streams=settings.max_chunk_streams,
+        max_amf_depth=settings.max_amf_depth,
+        out_chunk_size=settings.chunk_size,
+    )
+
+
+class Node:
+    def __init__(self, settings: NodeSettings, make_role: RoleFactory, registry: Registry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else open_registry(settings.registry)
+        self.hub = Hub(hub_limits(settings))
+        self.addresses = Addresses(settings)
+        self.tasks = BackgroundTasks()
+        limits = session_limits(settings)
+        self.role = make_role(NodeContext(settings, self.registry, self.hub, limits, self.addresses, self.tasks))
+        self.playback = Playback(self.hub, self.role)
+        timeouts = Timeouts(handshake=settings.handshake_timeout, idle=settings.idle_timeout)
+        self.rtmp = RtmpService(self.playback, RtmpOptions(limits, timeouts, settings.viewer_sndbuf))
+        self.app = self._make_app()
+        self.started_at = time.time()
+        self.draining = False
+        self._server: asyncio.Server | None = None
+        self._bytes_out_seen = 0
+        self._bits_out = 0.0
+
+    # -- views ---------------------------------------------------------------------------------------
+
+    def stream_stats(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "app": s.app,
+                "name": s.name,
+                "publisher": s.live,
+                "viewers": s.viewers,
+                "bytes_in": s.bytes_in,
+                "bytes_out": s.bytes_out,
+                "packets_in": s.packets_in,
+                "gop_packets": len(s.gop),
+                "gop_bytes": s.gop.nbytes,
+                "viewers_dropped": s.viewers_dropped,
+                "viewer_skips": s.viewer_skips,
+                "has_metadata": s.metadata is not None,
+                "has_video_header": s.video_header is not None,
+                "has_audio_header": s.audio_header is not None,
+                **self.role.stream_extra(s),
+            }
+            for s in self.hub
+        ]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "node": {
+                "id": self.settings.node_id,
+                "role": self.role.name,
+                "region": self.settings.region,
+                "rtmp": self.addresses.rtmp_hostport,
+                "http": self.addresses.http_hostport,
+                "registry": redact_url(self.registry.url),
+                "uptime_s": round(time.time() - self.started_at, 3),
+                "connections": len(self.rtmp.connections),
+                "connections_total": self.rtmp.connections_total,
+                "protocol_errors": self.rtmp.protocol_errors,
+                "bits_out": round(self._bits_out),
+                "draining": self.draining,
+                **self.role.node_extra(),
+            },
+            "streams": self.stream_stats(),
+        }
+
+    def banner(self) -> str:
+        urls = self.addresses
+        lines = [
+            f"livecdn {self.role.name} {self.settings.node_id} (region {self.settings.region}, "
+            f"registry {redact_url(self.registry.url)})"
+        ]
+        if self.role.accepts_publishes:
+            lines.append(f"  publish to: {urls.rtmp_url()}")
+        lines += [
+            f"  play from:  {urls.rtmp_url()}   or   {urls.http_url('/live/STREAM.flv')}",
+            f"  stats:      {urls.http_url('/v1/stats')}",
+            *self.role.banner_lines(),
+        ]
+        return "\n".join(lines)
+
+    def node_info(self) -> NodeInfo:
+        streams = list(self.hub)
+        return NodeInfo(
+            id=self.settings.node_id,
+            role=self.role.name,
+            region=self.settings.region,
+            rtmp=self.addresses.rtmp_hostport,
+            http=self.addresses.http_hostport,
+            load=NodeLoad(
+                viewers=sum(s.viewers for s in streams), streams=len(streams), bits_out=round(self._bits_out)
+            ),
+            draining=self.draining,
+        )
+
+    async def ready(self) -> bool:
+        return await self.registry.ping()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def _make_app(self) -> web.Application:
+        app = make_node_app(self.stats, self.ready)
+        app[PLAYBACK_KEY] = self.playback
+        app.router.add_get("/{app}/{name}.flv", play_flv)
+        app.cleanup_ctx.extend(
+            [self._registry_ctx, self._connections_ctx, *self.role.contexts(), self._listener_ctx, self._heartbeat_ctx]
+        )
+        return app
+
+    async def _registry_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        await self.registry.start()
+        try:
+            yield
+        finally:
+            await self.registry.close()
+
+    async def _connections_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """Closes what is still connected (players, publishers) and the node's background work, last."""
+        try:
+            yield
+        finally:
+            await self.rtmp.close_all("node shutting down")
+            await self.tasks.cancel_all()
+            if self._server is not None:
+                await self._server.wait_closed()
+
+    async def _listener_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        address = self.settings.rtmp
+        self._server = await asyncio.get_running_loop().create_server(
+            self.rtmp.protocol_factory, address.host, address.port, reuse_address=True, backlog=1024
+        )
+        self.addresses.rtmp = HostPort(address.host, self._server.sockets[0].getsockname()[1])
+        log.info("RTMP listening on %s", self.addresses.rtmp)
+        try:
+            yield
+        finally:
+            self._server.close()  # stop accepting; open connections close after the role's cleanup
+
+    async def _heartbeat_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(RegistryError, TimeoutError):
+                async with asyncio.timeout(2):
+                    await self.registry.remove_node(self.settings.node_id)
+
+    async def _heartbeat_loop(self) -> None:
+        backoff = Backoff(initial=0.5, maximum=self.settings.heartbeat_interval)
+        failing = False
+        last = time.monotonic()
+        while True:
+            now = time.monotonic()
+            total_out = sum(s.bytes_out for s in self.hub)
+            self._bits_out = max(0, total_out - self._bytes_out_seen) * 8 / max(now - last, 1e-3)
+            self._bytes_out_seen, last = total_out, now
+            try:
+                await self.registry.heartbeat(self.node_info(), self.settings.node_ttl)
+            except RegistryError as exc:
+                if not failing:
+                    log.warning("registry heartbeat failed (streams keep flowing; retrying): %s", exc)
+                failing = True
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if failing:
+                log.info("registry heartbeat works again")
+                failing = False
+                backoff.reset()
+            await asyncio.sleep(self.settings.heartbeat_interval)

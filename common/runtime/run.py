@@ -1,0 +1,75 @@
+"""Running processes: one HTTP runner for every node and the control plane, signals, logging, uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from common.runtime.config import HostPort
+from common.runtime.node import Node
+from common.system import raise_fd_limit
+
+log = logging.getLogger(__name__)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+async def start_app(app: web.Application, address: HostPort) -> tuple[web.AppRunner, HostPort]:
+    """Serve ``app`` on ``address`` (port 0: any free port). Its cleanup contexts start here; returns the
+    runner (whose cleanup() stops everything) and the bound address."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, HostPort(address.host, int(runner.addresses[0][1]))
+
+
+async def start_node(node: Node) -> web.AppRunner:
+    runner, node.addresses.http = await start_app(node.app, node.settings.http)
+    return runner
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def serve(node: Node, stop: asyncio.Event | None = None) -> None:
+    """Run one node until SIGINT/SIGTERM (or ``stop``)."""
+    stop = stop or asyncio.Event()
+    stop_on_signals(stop)
+    runner = await start_node(node)
+    try:
+        print(node.banner(), flush=True)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+
+
+def run_forever(main: Coroutine[Any, Any, None]) -> None:
+    """Run the top-level coroutine on uvloop when it is installed."""
+    raise_fd_limit()
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a declared dependency on Linux
+        asyncio.run(main)
+    else:
+        uvloop.run(main)

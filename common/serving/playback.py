@@ -1,0 +1,46 @@
+"""The one path every delivery format plays through: find the live stream, subscribe, unsubscribe.
+
+RTMP play and HTTP-FLV (and any later format) share it, so the role sees the same viewer_joined /
+viewer_left for all of them and an idle stream is let go in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from common.hub.fanout import Subscriber
+from common.hub.stream import Hub, Stream
+from common.keys import StreamKey
+from common.serving.policy import StreamPolicy
+
+log = logging.getLogger(__name__)
+
+
+class Playback:
+    def __init__(self, hub: Hub, policy: StreamPolicy) -> None:
+        self.hub = hub
+        self.policy = policy
+
+    def live(self, key: StreamKey) -> Stream | None:
+        """The local stream if something feeds it now (no waiting)."""
+        stream = self.hub.get(key)
+        return stream if stream is not None and stream.live else None
+
+    async def locate(self, key: StreamKey, query: str) -> Stream | None:
+        """The live stream to play, asking the policy for a source (an upstream pull) when there is none
+        here. None: not live anywhere. Raises Rejected when the policy refuses."""
+        stream = self.live(key)
+        if stream is not None:
+            return stream
+        stream = await self.policy.find_source(key, query)
+        return stream if stream is not None and stream.live else None
+
+    def subscribe(self, stream: Stream, viewer: Subscriber, peer: str, how: str) -> None:
+        stream.add_subscriber(viewer)
+        self.policy.viewer_joined(stream)
+        log.info("%s: playing %s over %s (%d viewers)", peer, stream.key, how, stream.viewers)
+
+    def unsubscribe(self, stream: Stream, viewer: Subscriber) -> None:
+        stream.remove_subscriber(viewer)
+        self.policy.viewer_left(stream)
+        self.hub.discard_if_idle(stream)

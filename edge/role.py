@@ -1,0 +1,110 @@
+"""The edge's role: refuses publishes, serves every stream from one local upstream pull per stream, kept
+while it has viewers (of any format) and let go an idle grace period after the last one leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from common.backoff import Backoff
+from common.hub.stream import Stream
+from common.keys import StreamKey
+from common.registry import Registry, RegistryError
+from common.runtime.config import EdgeSettings
+from common.runtime.role import CleanupContext, NodeContext
+from common.serving.policy import Rejected
+from edge.puller import PullManager, PullSettings
+from edge.upstream import ParentTierResolver, RegistryResolver, Resolver, StaticResolver
+
+log = logging.getLogger(__name__)
+
+
+def make_resolver(settings: EdgeSettings, registry: Registry) -> Resolver:
+    if settings.upstream:
+        return StaticResolver(settings.upstream)
+    if settings.parent_region:
+        return ParentTierResolver(registry, settings.parent_region, settings.node_id)
+    return RegistryResolver(registry)
+
+
+class EdgeRole:
+    name = "edge"
+    accepts_publishes = False
+
+    def __init__(self, ctx: NodeContext) -> None:
+        settings = ctx.settings
+        if not isinstance(settings, EdgeSettings):
+            raise TypeError("an edge needs EdgeSettings")
+        self.registry = ctx.registry
+        self.pulls = PullManager(
+            ctx.hub,
+            make_resolver(settings, ctx.registry),
+            PullSettings(ctx.session_limits, settings.idle_grace, settings.pull_timeout, settings.reconnect_window),
+        )
+
+    # -- the stream policy ---------------------------------------------------------------------------
+
+    async def admit_publisher(self, stream: Stream, query: str, peer: str) -> None:
+        raise Rejected("NetStream.Publish.Denied", "edges do not take publishes; publish to an origin")
+
+    def publisher_left(self, stream: Stream) -> None:
+        return None
+
+    async def find_source(self, key: StreamKey, query: str) -> Stream | None:
+        return await self.pulls.acquire(key)
+
+    def viewer_joined(self, stream: Stream) -> None:
+        puller = self.pulls.puller_of(stream)
+        if puller is not None:
+            puller.viewer_joined()
+
+    def viewer_left(self, stream: Stream) -> None:
+        puller = self.pulls.puller_of(stream)
+        if puller is not None:
+            puller.viewers_changed()
+
+    # -- resources, views ----------------------------------------------------------------------------
+
+    def contexts(self) -> list[CleanupContext]:
+        return [self._pulls_ctx]
+
+    async def _pulls_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        events = asyncio.create_task(self._follow_events(), name="registry events")
+        try:
+            yield
+        finally:
+            events.cancel()
+            await asyncio.gather(events, return_exceptions=True)
+            await self.pulls.stop_all()
+
+    async def _follow_events(self) -> None:
+        """Publish events wake pullers that wait for a source, so a re-published stream resumes at once."""
+        backoff = Backoff(initial=0.5, maximum=10.0)
+        while True:
+            try:
+                async for event in self.registry.events():
+                    backoff.reset()
+                    if event.kind == "publish":
+                        try:
+                            key = StreamKey.parse(event.key)
+                        except ValueError:
+                            log.warning("registry event for a malformed stream key %r: ignored", event.key)
+                            continue
+                        self.pulls.wake(key)
+            except RegistryError as exc:
+                log.debug("registry events unavailable (lookups still poll): %s", exc)
+            await asyncio.sleep(backoff.next_delay())
+
+    def stream_extra(self, stream: Stream) -> dict[str, Any]:
+        puller = self.pulls.puller_of(stream)
+        return {"upstream": puller.url if puller else None, "upstream_connects": puller.connects if puller else 0}
+
+    def node_extra(self) -> dict[str, Any]:
+        return {"upstream": self.pulls.resolver.description, "pulls_started": self.pulls.pulls_started}
+
+    def banner_lines(self) -> list[str]:
+        return [f"  upstream:   {self.pulls.resolver.description}"]

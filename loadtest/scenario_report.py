@@ -1,0 +1,51 @@
+"""What a scenario step measured (``StepResult``) and the table printed for each server run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class StepResult:
+    viewers: int
+    passed: bool
+    why: str
+    node_cpu_percent: float | None  # of one core, over the swarm's measuring interval
+    load_core_percent: float | None  # how busy the load tool's core was: near 100 means the tool is the limit
+    cpu_per_100_viewers: float | None
+    node_rss_mb: float
+    rss_per_viewer_kb: float | None
+    stalled: int  # viewers that stopped reading (not part of the swarm's counts)
+    server_dropped: int | None  # viewers the node disconnected for falling behind, during the step
+    server_skips: int | None  # times a viewer skipped ahead to a key frame, during the step
+    swarm: dict[str, Any]
+
+
+def print_table(server: str, window: float | None, results: list[StepResult]) -> None:
+    label = server if window is None else f"{server} (merge window {window * 1000:g} ms)"
+    print(f"\n{label}")
+    header = (
+        f"{'viewers':>8} {'held':>6} {'deliv':>6} {'lag p50':>8} {'lag p95':>8} {'lag max':>8} "
+        f"{'ff p50':>7} {'ff p95':>7} {'cpu%':>6} {'cpu/100':>8} {'load%':>6} {'rss MB':>7} {'KB/view':>8} "
+        f"{'cut':>4} {'skips':>5}  result"
+    )
+    print(header)
+
+    def fmt(value: Any, digits: int = 0) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    for r in results:
+        s = r.swarm
+        held = s["viewers_connected"] - s["viewers_dropped"]
+        print(
+            f"{r.viewers:>8} {held:>6} {fmt(s['delivered_ratio'], 3):>6} {fmt(s['lag_p50_ms']):>8} "
+            f"{fmt(s['lag_p95_ms']):>8} {fmt(s['lag_max_ms']):>8} {fmt(s['first_frame_p50_ms']):>7} "
+            f"{fmt(s['first_frame_p95_ms']):>7} {fmt(r.node_cpu_percent, 1):>6} "
+            f"{fmt(r.cpu_per_100_viewers, 2):>8} {fmt(r.load_core_percent, 0):>6} "
+            f"{r.node_rss_mb:>7.1f} {fmt(r.rss_per_viewer_kb, 1):>8} "
+            f"{fmt(r.server_dropped):>4} {fmt(r.server_skips):>5}  "
+            f"{'PASS' if r.passed else 'FAIL: ' + r.why}"
+        )
+    best = max((r.viewers for r in results if r.passed), default=0)
+    print(f"max viewers held within the criteria: {best}")
