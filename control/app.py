@@ -1,6 +1,7 @@
 """The control plane's HTTP API: publish/play routing, the 302 form for players, the cluster view,
-health, and a small status page. Routing decisions live in control.routing (pure functions); this
-module only reads the registry, validates input and shapes answers.
+health, metrics and a small status page. Routing decisions live in control.routing (pure functions), a
+client's address and region in control.client_address and control.client_region; this module only
+reads the registry, validates input and shapes answers.
 """
 
 from __future__ import annotations
@@ -8,16 +9,20 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from common.keys import StreamKey, valid_name
 from common.redact import redact_url
 from common.registry.base import NodeInfo, Registry, RegistryError
-from control.routing import DEFAULT_EPSILON, choose_edge, choose_origin
+from control.client_address import ProxyTrust
+from control.client_region import ClientRegions, RegionChoice
+from control.metrics import ControlMetrics
+from control.routing import DEFAULT_EPSILON, RegionFallback, choose_edge, choose_origin
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,10 @@ class NodeLists:
 REGISTRY_KEY: web.AppKey[Registry] = web.AppKey("registry", Registry)
 NODE_LISTS_KEY: web.AppKey[NodeLists] = web.AppKey("node_lists", NodeLists)
 EPSILON_KEY: web.AppKey[float] = web.AppKey("epsilon", float)
+REGIONS_KEY: web.AppKey[ClientRegions] = web.AppKey("regions", ClientRegions)
+PROXIES_KEY: web.AppKey[ProxyTrust] = web.AppKey("proxies", ProxyTrust)
+FALLBACK_KEY: web.AppKey[RegionFallback] = web.AppKey("region_fallback")
+METRICS_KEY: web.AppKey[ControlMetrics] = web.AppKey("metrics", ControlMetrics)
 
 
 class BadRequest(Exception):
@@ -131,15 +140,40 @@ def parse_region(request: web.Request) -> str | None:
     return value
 
 
+def client_region(request: web.Request, route: str) -> RegionChoice:
+    """The region the client asked for (?region=), else the one its address is in, else the default;
+    counted per route and source."""
+    app = request.app
+    asked = parse_region(request)
+    address = None
+    if asked is None:
+        proxies = app[PROXIES_KEY]
+        address = proxies.client(request.remote, request.headers.getall(proxies.header_name, []))
+    choice = app[REGIONS_KEY].decide(asked, address)
+    app[METRICS_KEY].region_decided(route, choice.source)
+    return choice
+
+
 # -- routing ---------------------------------------------------------------------------------------
 
 
-def _origin_answer(key: StreamKey, origin: NodeInfo) -> dict[str, Any]:
+def _placement(choice: RegionChoice) -> dict[str, Any]:
+    """Where the client was placed, beside the node's own region: tells an operator why it went there."""
+    return {"client_region": choice.region, "region_source": choice.source.value}
+
+
+def _origin_answer(key: StreamKey, origin: NodeInfo, choice: RegionChoice) -> dict[str, Any]:
     stream = str(key)
-    return {"stream": stream, "origin": origin.id, "region": origin.region, "rtmp": f"rtmp://{origin.rtmp}/{stream}"}
+    return {
+        "stream": stream,
+        "origin": origin.id,
+        "region": origin.region,
+        "rtmp": f"rtmp://{origin.rtmp}/{stream}",
+        **_placement(choice),
+    }
 
 
-def _edge_answer(key: StreamKey, edge: NodeInfo) -> dict[str, Any]:
+def _edge_answer(key: StreamKey, edge: NodeInfo, choice: RegionChoice) -> dict[str, Any]:
     stream = str(key)
     return {
         "stream": stream,
@@ -147,32 +181,43 @@ def _edge_answer(key: StreamKey, edge: NodeInfo) -> dict[str, Any]:
         "region": edge.region,
         "rtmp": f"rtmp://{edge.rtmp}/{stream}",
         "flv": f"http://{edge.http}/{stream}.flv",
+        **_placement(choice),
     }
 
 
-async def _route_play(request: web.Request, key: StreamKey, region: str | None) -> dict[str, Any]:
+def _none_available(what: str, choice: RegionChoice, fallback: RegionFallback) -> Unavailable:
+    order: Sequence[str] | None = fallback.get(choice.region) if choice.region is not None else None
+    if order is None:
+        return Unavailable(f"no healthy {what}")
+    return Unavailable(f"no healthy {what} in region {choice.region} or its fallback regions {', '.join(order)}")
+
+
+async def _route_play(request: web.Request, key: StreamKey) -> dict[str, Any]:
+    choice = client_region(request, "play")
     # Deliberately no registry.lookup: an edge answers StreamNotFound itself, and routing stays one read.
     edges = await request.app[NODE_LISTS_KEY].get("edge")
-    edge = choose_edge(str(key), edges, region, epsilon=request.app[EPSILON_KEY])
+    fallback = request.app[FALLBACK_KEY]
+    edge = choose_edge(str(key), edges, choice.region, epsilon=request.app[EPSILON_KEY], fallback=fallback)
     if edge is None:
-        raise Unavailable("no healthy edge available to play from")
-    return _edge_answer(key, edge)
+        raise _none_available("edge available to play from", choice, fallback)
+    return _edge_answer(key, edge, choice)
 
 
 async def route_publish(request: web.Request) -> web.Response:
     key = parse_stream(request.query.get("stream"))
-    region = parse_region(request)
+    choice = client_region(request, "publish")
     registry = request.app[REGISTRY_KEY]
     claim, origins = await asyncio.gather(registry.lookup(str(key)), request.app[NODE_LISTS_KEY].get("origin"))
-    origin = choose_origin(origins, claim, region)
+    fallback = request.app[FALLBACK_KEY]
+    origin = choose_origin(origins, claim, choice.region, fallback)
     if origin is None:
-        raise Unavailable("no healthy origin available to publish to")
-    return web.json_response(_origin_answer(key, origin))
+        raise _none_available("origin available to publish to", choice, fallback)
+    return web.json_response(_origin_answer(key, origin, choice))
 
 
 async def route_play(request: web.Request) -> web.Response:
     key = parse_stream(request.query.get("stream"))
-    return web.json_response(await _route_play(request, key, parse_region(request)))
+    return web.json_response(await _route_play(request, key))
 
 
 async def play_redirect(request: web.Request) -> web.StreamResponse:
@@ -182,7 +227,7 @@ async def play_redirect(request: web.Request) -> web.StreamResponse:
     fmt = request.query.get("format", "flv")
     if fmt not in ("rtmp", "flv"):
         raise BadRequest(f"invalid format {fmt!r}: use rtmp or flv")
-    answer = await _route_play(request, key, parse_region(request))
+    answer = await _route_play(request, key)
     raise web.HTTPFound(answer[fmt], headers={"Cache-Control": "no-store"})
 
 
@@ -201,6 +246,10 @@ async def list_streams(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS_KEY].render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -259,16 +308,32 @@ async def status_page(request: web.Request) -> web.Response:
 
 
 def make_control_app(
-    registry: Registry, *, epsilon: float = DEFAULT_EPSILON, close_registry: bool = True
+    registry: Registry,
+    *,
+    epsilon: float = DEFAULT_EPSILON,
+    close_registry: bool = True,
+    regions: ClientRegions | None = None,
+    proxies: ProxyTrust | None = None,
+    region_fallback: Mapping[str, Sequence[str]] | None = None,
 ) -> web.Application:
     """The control plane app. The registry is started with the app; it is closed on shutdown unless
-    close_registry is False (for a registry the caller shares with other components and closes itself)."""
+    close_registry is False (for a registry the caller shares with other components and closes itself).
+
+    `regions` places clients that name no region (none given: only ?region= does, as before); the app
+    owns it and closes it on shutdown. `proxies` says whose X-Forwarded-For/Forwarded to believe (none
+    given: nobody's). `region_fallback` lists, per region, where its clients go when it has no healthy
+    node (control.routing.in_region).
+    """
     if epsilon < 0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")
     app = web.Application(middlewares=[errors_middleware])
     app[REGISTRY_KEY] = registry
     app[EPSILON_KEY] = float(epsilon)
     app[NODE_LISTS_KEY] = NodeLists(registry)
+    app[REGIONS_KEY] = ClientRegions() if regions is None else regions
+    app[PROXIES_KEY] = ProxyTrust() if proxies is None else proxies
+    app[FALLBACK_KEY] = dict(region_fallback or {})
+    app[METRICS_KEY] = ControlMetrics()
 
     async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         await registry.start()
@@ -282,11 +347,17 @@ def make_control_app(
         yield
         await app[NODE_LISTS_KEY].close()
 
+    async def regions_ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        app[REGIONS_KEY].close()
+
     app.cleanup_ctx.append(registry_ctx)
     app.cleanup_ctx.append(node_lists_ctx)
+    app.cleanup_ctx.append(regions_ctx)
     app.router.add_get("/", status_page)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/route/publish", route_publish)
     app.router.add_get("/v1/route/play", route_play)
     app.router.add_get("/play/{app}/{name}", play_redirect)

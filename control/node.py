@@ -6,13 +6,29 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from aiohttp import web
+
 from common.redact import redact_url
 from common.registry import Registry, open_registry
-from common.runtime.config import ControlSettings
 from common.runtime.run import start_app
 from control.app import make_control_app
+from control.client_address import ProxyTrust
+from control.client_region import ClientRegions
+from control.settings import ControlSettings
 
 log = logging.getLogger(__name__)
+
+
+def control_app(settings: ControlSettings, registry: Registry, *, close_registry: bool = True) -> web.Application:
+    """The control plane app as the settings describe it (opens the GeoIP database, if any)."""
+    return make_control_app(
+        registry,
+        epsilon=settings.epsilon,
+        close_registry=close_registry,
+        regions=ClientRegions.from_settings(settings),
+        proxies=ProxyTrust(settings.trusted_proxies, settings.proxy_header),
+        region_fallback=settings.region_fallback,
+    )
 
 
 def http_url(host: str, port: int) -> str:
@@ -37,7 +53,7 @@ async def serve_control(
     """
     owned = registry is None
     reg = open_registry(settings.registry) if registry is None else registry
-    app = make_control_app(reg, epsilon=settings.epsilon, close_registry=owned)
+    app = control_app(settings, reg, close_registry=owned)
     runner, bound = await start_app(app, settings.http)
     try:
         url = http_url(bound.host, bound.port)

@@ -1,5 +1,7 @@
 """Routing decisions of the control plane: pure functions over registry snapshots (no I/O, no clock).
 
+- Region: a client's region first; when it has no healthy node, the regions of the operator's fallback
+  list for it, in order (`*` at its end: then any region); with no list, any region.
 - Publish: the origin that already holds the stream; else the least-loaded healthy origin, region first.
 - Play: region first, then consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam,
   "Consistent Hashing with Bounded Loads", 2016) over that region's edges: a stream's viewers stay on
@@ -17,6 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 
 from common.registry.base import NodeInfo, StreamClaim
+from control.settings import ANY_REGION
 
 DEFAULT_EPSILON = 0.25
 DEFAULT_VNODES = 64
@@ -106,30 +109,57 @@ def healthy(nodes: Iterable[NodeInfo], role: str) -> list[NodeInfo]:
     return [node for node in nodes if node.role == role and not node.draining]
 
 
-def _in_region(nodes: list[NodeInfo], region: str | None) -> list[NodeInfo]:
-    """The nodes of `region` when there are any, else all of them (region affinity with fallback)."""
+RegionFallback = Mapping[str, Sequence[str]]  # region -> the regions to try next, in order ('*': any)
+
+
+def in_region(nodes: list[NodeInfo], region: str | None, fallback: RegionFallback | None = None) -> list[NodeInfo]:
+    """The nodes a client of `region` should use: those of `region` when there are any; else, when the
+    operator gave `region` a fallback list, those of the first listed region that has some (none if no
+    listed region has any, unless the list ends with '*': then all of them); else all of them.
+
+    With no region (nothing placed the client) every node is a candidate.
+    """
     if region is None:
         return nodes
-    local = [node for node in nodes if node.region == region]
-    return local or nodes
+    by_region: dict[str, list[NodeInfo]] = {}
+    for node in nodes:
+        by_region.setdefault(node.region, []).append(node)
+    order = (fallback or {}).get(region)
+    if order is None:
+        return by_region.get(region) or nodes
+    for choice in (region, *order):
+        if choice == ANY_REGION:
+            return nodes
+        if choice in by_region:
+            return by_region[choice]
+    # The list is the operator's word on where this region's clients may go: a far region they left
+    # out is not a better answer than "no node" (a 503 the client retries).
+    return []
 
 
 def _origin_load(node: NodeInfo) -> tuple[int, int, float, str]:
     return (node.load.streams, node.load.viewers, node.load.bits_out, node.id)
 
 
-def choose_origin(origins: Sequence[NodeInfo], claim: StreamClaim | None, region: str | None) -> NodeInfo | None:
+def choose_origin(
+    origins: Sequence[NodeInfo],
+    claim: StreamClaim | None,
+    region: str | None,
+    fallback: RegionFallback | None = None,
+) -> NodeInfo | None:
     """Where a publisher of a stream goes.
 
-    The origin holding the stream's claim, when it is alive (even if draining: it holds the stream and
-    would refuse the publish anywhere else); else the least-loaded healthy origin of `region` (any
-    region if that one has none), by (streams, viewers, bits_out), ties broken by id.
+    The origin holding the stream's claim, when it is alive and not draining (a publisher that comes back
+    belongs where its stream is); else the least-loaded healthy origin of `region` (any region if that
+    one has none), by (streams, viewers, bits_out), ties broken by id. An origin may take over the claim
+    of one that is draining or gone, so a reconnecting publisher moves off a draining origin. With no
+    healthy origin in `region`, `fallback` says which regions to try (see in_region).
     """
     if claim is not None:
         for node in origins:
-            if node.id == claim.origin and node.role == "origin":
+            if node.id == claim.origin and node.role == "origin" and not node.draining:
                 return node
-    candidates = _in_region(healthy(origins, "origin"), region)
+    candidates = in_region(healthy(origins, "origin"), region, fallback)
     if not candidates:
         return None
     return min(candidates, key=_origin_load)
@@ -142,10 +172,12 @@ def choose_edge(
     *,
     epsilon: float = DEFAULT_EPSILON,
     vnodes: int = DEFAULT_VNODES,
+    fallback: RegionFallback | None = None,
 ) -> NodeInfo | None:
-    """Where a viewer of a stream goes: the healthy edges of `region` (all healthy edges if it has
-    none), then consistent hashing with bounded loads over them, load = viewers."""
-    candidates = _in_region(healthy(edges, "edge"), region)
+    """Where a viewer of a stream goes: the healthy edges of `region` (if it has none: of the regions
+    `fallback` lists for it, else all healthy edges; see in_region), then consistent hashing with
+    bounded loads over them, load = viewers."""
+    candidates = in_region(healthy(edges, "edge"), region, fallback)
     if not candidates:
         return None
     by_id: dict[str, NodeInfo] = {}

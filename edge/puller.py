@@ -1,37 +1,37 @@
 """Upstream pulls: one per stream per edge process, shared by all its viewers.
 
-The first play of a stream starts a Puller; concurrent plays wait on the same one. The puller plays
-the upstream as an RTMP client and feeds the local hub. If the upstream breaks while viewers watch, it
-re-resolves and re-pulls with jittered backoff, and rebases timestamps so viewers see them continue.
-When the last viewer leaves it lingers for the idle grace period, then stops.
+The first play of a stream starts a Puller; concurrent plays wait on the same one. The puller plays the
+upstream as an RTMP client and feeds the local hub, which keeps the viewers' clock continuous across
+upstream sessions. While viewers watch, a pull that breaks, stalls (no media for ``upstream_timeout``)
+or whose stream moved to a newer owner (a registry event with a higher epoch from another origin) is
+re-resolved and re-pulled with jittered backoff, for up to ``reconnect_window`` with no source. When
+the last viewer leaves it lingers for the idle grace period, then stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.backoff import Backoff
-from common.hub.packet import AUDIO, VIDEO
 from common.hub.stream import Hub, Stream
 from common.keys import StreamKey
-from common.media.flv import is_audio_sequence_header, is_video_sequence_header
 from common.registry import RegistryError
 from common.rtmp.events import MediaReceived
 from common.rtmp.session import SessionLimits
 from common.serving.client import RtmpClient, RtmpClientError
-from edge.upstream import Resolver
+from common.serving.policy import SourceUnavailable
+from edge.upstream import Resolver, Upstream
 
 log = logging.getLogger(__name__)
 
-# After a re-pull the new upstream's clock is unrelated to the old one. Its first frame is placed this far
-# after the last timestamp viewers saw: far enough that frames of the other kind which the new upstream
-# sends a little out of order (audio/video interleave) still land after it.
-_REBASE_GAP_MS = 500
+_ENDED_CODES = ("NetStream.Play.Stop", "NetStream.Play.UnpublishNotify")
+_MOVED = "the stream moved to a newer owner"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,29 @@ class PullSettings:
     limits: SessionLimits  # bounds on the upstream session, as for any peer
     idle_grace: float  # seconds a pull outlives its last viewer
     pull_timeout: float  # seconds for a first viewer to wait for the pull to start
-    reconnect_window: float  # seconds a broken upstream is retried with no source before viewers are told
+    reconnect_window: float  # seconds a lost upstream is retried with no source before viewers are told
+    upstream_timeout: float = 5.0  # seconds without media after which a pull is abandoned and re-resolved
+    publish_grace: float = 10.0  # seconds viewers wait once the stream is unpublished everywhere
+
+
+class Outcome(enum.Enum):
+    """How one upstream session ended (or why none started)."""
+
+    ENDED = "the upstream said the stream stopped"
+    BROKEN = "the upstream went away mid-stream"
+    STALLED = "the upstream sent no media"
+    MOVED = _MOVED
+    MISSING = "nobody publishes it"
+    UNREACHABLE = "the upstream does not answer"
+    REGISTRY_DOWN = "the registry does not answer"
+
+
+class Start(enum.Enum):
+    """What the first viewers waiting on a pull are told."""
+
+    LIVE = "live"
+    NOT_FOUND = "not found"
+    UNAVAILABLE = "registry unavailable"
 
 
 class Puller:
@@ -56,23 +78,23 @@ class Puller:
         self.resolver = resolver
         self.settings = settings
         self.on_stopped = on_stopped
-        self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.url: str | None = None
+        self.ready: asyncio.Future[Start] = asyncio.get_running_loop().create_future()
+        self.upstream: Upstream | None = None  # the one pulled now, or last
         self.connects = 0
         self.client: RtmpClient | None = None
         self.wake = asyncio.Event()  # set by registry events: retry at once instead of after the backoff
+        self._last_media = 0.0
+        self._gone_since: float | None = None  # the registry had no claim on the stream from then on
         self._idle_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
-        # Timestamp rebasing across upstream sessions.
-        self._offset = 0
-        self._last_ts = 0
-        self._last_by_kind = {AUDIO: 0, VIDEO: 0}
-        self._had_output = False
-        self._rebase_pending = False
 
     @property
     def key(self) -> StreamKey:
         return self.stream.key
+
+    @property
+    def url(self) -> str | None:
+        return self.upstream.url if self.upstream is not None else None
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self._run(), name=f"pull {self.key}")
@@ -111,6 +133,34 @@ class Puller:
             log.info("%s: idle for %gs, stopping the pull from %s", self.key, self.settings.idle_grace, self.url)
             self._task.cancel()
 
+    # -- the registry says the stream was (re)published --------------------------------------------
+
+    def published(self, origin: str, epoch: int) -> None:
+        """A claim of this stream with ``epoch`` was taken by ``origin``. A newer owner elsewhere than the one
+        pulled now fences that one off: leave it and pull the new owner at once."""
+        current = self.upstream
+        if current is not None and current.epoch is not None and epoch > current.epoch:
+            if current.origin == origin:
+                self.upstream = Upstream(current.url, epoch, origin)  # re-published where we pull already
+            elif self.client is not None:
+                log.info(
+                    "%s: epoch %d on %s fences %s (epoch %d): re-pulling",
+                    self.key,
+                    epoch,
+                    origin,
+                    current.origin,
+                    current.epoch,
+                )
+                self.client.close(_MOVED)
+        self.wake.set()
+
+    def unpublished(self, origin: str, epoch: int) -> None:
+        """The claim with ``epoch`` was released: its publisher left. Viewers wait ``publish_grace`` for a
+        publish anywhere, as the origin's own viewers do, counted from now."""
+        current = self.upstream
+        if current is not None and current.epoch == epoch and self._gone_since is None:
+            self._gone_since = time.monotonic()
+
     # -- the pull loop -------------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -120,17 +170,29 @@ class Puller:
         try:
             while True:
                 outcome = await self._pull_once()
-                if outcome in ("ended", "broken"):
+                if outcome in (Outcome.ENDED, Outcome.BROKEN, Outcome.STALLED, Outcome.MOVED):
                     backoff.reset()
                     trouble_since = None
-                    publisher_left = outcome == "ended"
+                    publisher_left = outcome is Outcome.ENDED
+                    if outcome is Outcome.MOVED:
+                        continue
                 elif not self.ready.done():
-                    self.ready.set_result(False)  # nothing to play at first: viewers get StreamNotFound
+                    # Nothing to play at first: viewers are told at once (StreamNotFound, or unavailable).
+                    self.ready.set_result(Start.UNAVAILABLE if outcome is Outcome.REGISTRY_DOWN else Start.NOT_FOUND)
                     return
-                elif outcome == "missing" and publisher_left:
+                elif outcome is Outcome.MISSING and publisher_left:
                     log.info("%s: the publisher left and nobody publishes it now; ending it for viewers", self.key)
                     return
                 now = time.monotonic()
+                if outcome is Outcome.MISSING:
+                    self._gone_since = self._gone_since or now
+                    if now - self._gone_since > self.settings.publish_grace:
+                        log.info(
+                            "%s: not published again within %gs; ending it for viewers",
+                            self.key,
+                            self.settings.publish_grace,
+                        )
+                        return
                 trouble_since = trouble_since or now
                 if now - trouble_since > self.settings.reconnect_window:
                     log.info("%s: no upstream for %gs; ending it for viewers", self.key, self.settings.reconnect_window)
@@ -143,7 +205,7 @@ class Puller:
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
             if not self.ready.done():
-                self.ready.set_result(False)
+                self.ready.set_result(Start.NOT_FOUND)
             if self.client is not None:
                 self.client.close()
             if self.stream.source is self:
@@ -151,78 +213,76 @@ class Puller:
             self.hub.discard_if_idle(self.stream)
             self.on_stopped(self)
 
-    async def _pull_once(self) -> str:
-        """One upstream session: 'ended' (the upstream said the stream stopped), 'broken' (it went away
-        mid-stream), 'missing' (nobody publishes it) or 'unreachable' (registry or upstream not answering)."""
+    async def _pull_once(self) -> Outcome:
+        """One upstream session, from resolving where to pull to the end of the play."""
         try:
-            url = await self.resolver.resolve(self.key)
+            upstream = await self.resolver.resolve(self.key)
         except RegistryError as exc:
             log.warning("%s: registry lookup failed: %s", self.key, exc)
-            return "unreachable"
-        if url is None:
-            return "missing"
+            return Outcome.REGISTRY_DOWN
+        if upstream is None:
+            return Outcome.MISSING
         try:
-            client = await RtmpClient.connect(url, limits=self.settings.limits)
+            client = await RtmpClient.connect(upstream.url, limits=self.settings.limits)
         except (OSError, TimeoutError, RtmpClientError) as exc:
-            log.warning("%s: cannot connect to upstream %s: %s", self.key, url, exc)
-            return "unreachable"
+            log.warning("%s: cannot connect to upstream %s: %s", self.key, upstream.url, exc)
+            return Outcome.UNREACHABLE
         self.client = client
         try:
             await client.play(self._on_media)
         except (RtmpClientError, TimeoutError) as exc:
-            log.info("%s: upstream %s refused the play: %s", self.key, url, exc)
+            log.info("%s: upstream %s refused the play: %s", self.key, upstream.url, exc)
             client.close()
             self.client = None
             code = exc.code if isinstance(exc, RtmpClientError) else ""
-            return "missing" if code == "NetStream.Play.StreamNotFound" else "unreachable"
-        self.url = url
+            return Outcome.MISSING if code == "NetStream.Play.StreamNotFound" else Outcome.UNREACHABLE
+        self.upstream = upstream
         self.connects += 1
-        self._rebase_pending = self._had_output
-        self.stream.source = self
+        self._last_media = time.monotonic()
+        self._gone_since = None
+        self.stream.attach(self)
         log.info(
-            "%s: pulling from %s (%s)%s",
+            "%s: pulling from %s (%s%s)%s",
             self.key,
-            url,
+            upstream.url,
             self.resolver.description,
+            "" if upstream.epoch is None else f", epoch {upstream.epoch}",
             "" if self.connects == 1 else f", reconnect #{self.connects - 1}",
         )
         if not self.ready.done():
-            self.ready.set_result(True)
+            self.ready.set_result(Start.LIVE)
             self.viewers_changed()  # the viewer that asked may already have gone
-        reason = await client.closed
+        reason = await self._watch(client)
         self.client = None
-        ended = reason in ("NetStream.Play.Stop", "NetStream.Play.UnpublishNotify")
-        log.info("%s: upstream %s %s (%s)", self.key, url, "ended" if ended else "broke", reason)
-        return "ended" if ended else "broken"
+        outcome = (
+            Outcome.ENDED
+            if reason in _ENDED_CODES
+            else Outcome.MOVED
+            if reason == _MOVED
+            else Outcome.STALLED
+            if reason.startswith("no media")
+            else Outcome.BROKEN
+        )
+        log.info("%s: upstream %s: %s (%s)", self.key, upstream.url, outcome.value, reason)
+        return outcome
+
+    async def _watch(self, client: RtmpClient) -> str:
+        """Wait for the session to end; end it when the upstream sends no media for ``upstream_timeout`` (a
+        frozen or partitioned origin sends nothing and no FIN either)."""
+        timeout = self.settings.upstream_timeout
+        while not client.closed.done():
+            quiet = time.monotonic() - self._last_media
+            if quiet >= timeout:
+                client.close(f"no media for {timeout:g}s")
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout - quiet):
+                    await asyncio.shield(client.closed)
+        return client.closed.result()
 
     def _on_media(self, event: MediaReceived) -> None:
-        timestamp = event.timestamp
-        kind = event.type_id
-        if self._rebase_pending:
-            if kind in (AUDIO, VIDEO) and not _is_header(kind, event.payload):
-                self._offset = self._last_ts + _REBASE_GAP_MS - timestamp
-                self._rebase_pending = False
-            else:
-                timestamp = self._last_ts - self._offset  # headers before the first frame: keep the clock still
-        out = (timestamp + self._offset) & 0xFFFFFFFF
-        if kind in (AUDIO, VIDEO):
-            if self._had_output and _behind(out, self._last_by_kind[kind]):
-                # Never backwards within a kind, whatever the upstream does across a re-pull.
-                out = self._last_by_kind[kind]
-            self._last_by_kind[kind] = out
-            if not self._had_output or not _behind(out, self._last_ts):
-                self._last_ts = out
-            self._had_output = True
-        self.stream.feed(kind, out, event.payload)
-
-
-def _behind(timestamp: int, reference: int) -> bool:
-    """Is ``timestamp`` earlier than ``reference`` on the 32-bit RTMP clock (which wraps after ~49.7 days)?"""
-    return (timestamp - reference) & 0xFFFFFFFF >= 0x80000000
-
-
-def _is_header(type_id: int, payload: bytes) -> bool:
-    return is_video_sequence_header(payload) if type_id == VIDEO else is_audio_sequence_header(payload)
+        self._last_media = time.monotonic()
+        self.stream.feed(event.type_id, event.timestamp, event.payload)
 
 
 class PullManager:
@@ -236,6 +296,8 @@ class PullManager:
         self.pulls_started = 0
 
     async def acquire(self, key: StreamKey) -> Stream | None:
+        """The stream, fed by its pull; None when nobody publishes it. SourceUnavailable when the registry
+        cannot be asked."""
         puller = self.pullers.get(key)
         if puller is None:
             stream = self.hub.get_or_create(key)
@@ -245,11 +307,13 @@ class PullManager:
             puller.start()
         try:
             async with asyncio.timeout(self.settings.pull_timeout):
-                ok = await asyncio.shield(puller.ready)
+                start = await asyncio.shield(puller.ready)
         except TimeoutError:
             log.warning("%s: upstream pull did not start within %gs", key, self.settings.pull_timeout)
             return None
-        return puller.stream if ok else None
+        if start is Start.UNAVAILABLE:
+            raise SourceUnavailable(f"cluster registry unavailable, cannot locate {key}; retry later")
+        return puller.stream if start is Start.LIVE else None
 
     def _stopped(self, puller: Puller) -> None:
         if self.pullers.get(puller.key) is puller:
@@ -260,10 +324,15 @@ class PullManager:
         puller = self.pullers.get(stream.key)
         return puller if puller is not None and stream.source is puller else None
 
-    def wake(self, key: StreamKey) -> None:
+    def published(self, key: StreamKey, origin: str, epoch: int) -> None:
         puller = self.pullers.get(key)
         if puller is not None:
-            puller.wake.set()
+            puller.published(origin, epoch)
+
+    def unpublished(self, key: StreamKey, origin: str, epoch: int) -> None:
+        puller = self.pullers.get(key)
+        if puller is not None:
+            puller.unpublished(origin, epoch)
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(p.close() for p in list(self.pullers.values())))

@@ -43,7 +43,14 @@ class EdgeRole:
         self.pulls = PullManager(
             ctx.hub,
             make_resolver(settings, ctx.registry),
-            PullSettings(ctx.session_limits, settings.idle_grace, settings.pull_timeout, settings.reconnect_window),
+            PullSettings(
+                ctx.session_limits,
+                settings.idle_grace,
+                settings.pull_timeout,
+                settings.reconnect_window,
+                settings.upstream_timeout,
+                settings.publish_grace,
+            ),
         )
 
     # -- the stream policy ---------------------------------------------------------------------------
@@ -82,19 +89,22 @@ class EdgeRole:
             await self.pulls.stop_all()
 
     async def _follow_events(self) -> None:
-        """Publish events wake pullers that wait for a source, so a re-published stream resumes at once."""
+        """Publish events wake pullers that wait for a source, so a re-published stream resumes at once, and
+        move a pull off an origin that a newer claim fenced off."""
         backoff = Backoff(initial=0.5, maximum=10.0)
         while True:
             try:
                 async for event in self.registry.events():
                     backoff.reset()
+                    try:
+                        key = StreamKey.parse(event.key)
+                    except ValueError:
+                        log.warning("registry event for a malformed stream key %r: ignored", event.key)
+                        continue
                     if event.kind == "publish":
-                        try:
-                            key = StreamKey.parse(event.key)
-                        except ValueError:
-                            log.warning("registry event for a malformed stream key %r: ignored", event.key)
-                            continue
-                        self.pulls.wake(key)
+                        self.pulls.published(key, event.origin, event.epoch)
+                    else:
+                        self.pulls.unpublished(key, event.origin, event.epoch)
             except RegistryError as exc:
                 log.debug("registry events unavailable (lookups still poll): %s", exc)
             await asyncio.sleep(backoff.next_delay())

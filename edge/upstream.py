@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from typing import Protocol
 
 from common.keys import StreamKey
@@ -12,12 +13,22 @@ from common.registry import Registry
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where to pull a stream from. ``epoch`` and ``origin``: the registry claim it comes from, when the
+    edge pulls the owning origin directly (a newer claim elsewhere fences this one off)."""
+
+    url: str
+    epoch: int | None = None
+    origin: str | None = None
+
+
 class Resolver(Protocol):
-    """Answers the RTMP URL to play a stream from, or None when nobody publishes it."""
+    """Answers where to play a stream from, or None when nobody publishes it."""
 
     description: str
 
-    async def resolve(self, key: StreamKey) -> str | None: ...
+    async def resolve(self, key: StreamKey) -> Upstream | None: ...
 
 
 class RegistryResolver:
@@ -28,9 +39,9 @@ class RegistryResolver:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    async def resolve(self, key: StreamKey) -> str | None:
+    async def resolve(self, key: StreamKey) -> Upstream | None:
         claim = await self.registry.lookup(str(key))
-        return claim.rtmp_url if claim is not None else None
+        return Upstream(claim.rtmp_url, claim.epoch, claim.origin) if claim is not None else None
 
 
 class StaticResolver:
@@ -40,8 +51,8 @@ class StaticResolver:
         self.base = upstream.rstrip("/")
         self.description = f"static {self.base}"
 
-    async def resolve(self, key: StreamKey) -> str | None:
-        return f"{self.base}/{key.name}"
+    async def resolve(self, key: StreamKey) -> Upstream | None:
+        return Upstream(f"{self.base}/{key.name}")
 
 
 class ParentTierResolver:
@@ -54,7 +65,7 @@ class ParentTierResolver:
         self.own_id = own_id
         self.description = f"parent region {parent_region}"
 
-    async def resolve(self, key: StreamKey) -> str | None:
+    async def resolve(self, key: StreamKey) -> Upstream | None:
         if await self.registry.lookup(str(key)) is None:
             return None
         parents = [
@@ -66,4 +77,4 @@ class ParentTierResolver:
             log.warning("no live edge in parent region %s for %s", self.parent_region, key)
             return None
         best = max(parents, key=lambda n: hashlib.blake2b(f"{n.id}|{key}".encode(), digest_size=8).digest())
-        return f"rtmp://{best.rtmp}/{key}"
+        return Upstream(f"rtmp://{best.rtmp}/{key}")  # the parent follows the owner; no epoch to track here

@@ -16,7 +16,6 @@ from common.redact import redact_url
 from common.runtime.config import (
     REGISTRY_HELP,
     ConfigError,
-    ControlSettings,
     EdgeSettings,
     NodeSettings,
     Settings,
@@ -26,6 +25,7 @@ from common.runtime.config import (
 from common.runtime.node import Node
 from common.runtime.role import RoleFactory
 from common.runtime.run import configure_logging, run_forever, serve, stop_on_signals
+from control.settings import ControlSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 S = TypeVar("S", bound=Settings)
@@ -120,6 +120,28 @@ def edge(config_file: str | None, **flags: Any) -> None:
     "--epsilon",
     type=float,
     help="bounded-load slack: no edge above (1+epsilon) x the average viewers [LIVECDN_EPSILON, default 0.25]",
+)
+@click.option(
+    "--region-map",
+    help="client address ranges to regions, most specific wins: CIDR=REGION,... or @FILE [LIVECDN_REGION_MAP]",
+)
+@click.option("--geoip-db", help="MaxMind-format GeoIP database file [LIVECDN_GEOIP_DB]")
+@click.option(
+    "--geoip-regions",
+    help="GeoIP country or continent to region: DE=eu,continent:NA=us,... [LIVECDN_GEOIP_REGIONS]",
+)
+@click.option("--default-region", help="region of a client nothing else placed [LIVECDN_DEFAULT_REGION, default none]")
+@click.option(
+    "--region-fallback",
+    help="regions to try, in order, when one has no healthy node: eu=us|ap,us=eu|* [LIVECDN_REGION_FALLBACK]",
+)
+@click.option(
+    "--trusted-proxies",
+    help="proxies whose client-address header is believed: CIDR,... or @FILE [LIVECDN_TRUSTED_PROXIES]",
+)
+@click.option(
+    "--proxy-header",
+    help="header the trusted proxies set: x-forwarded-for or forwarded [LIVECDN_PROXY_HEADER, default x-forwarded-for]",
 )
 def control(config_file: str | None, **flags: Any) -> None:
     """Run the control plane: routes publishers to origins and viewers to edges."""

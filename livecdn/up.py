@@ -12,10 +12,11 @@ from typing import Any
 from aiohttp import web
 
 from common.registry import open_registry
-from common.runtime.config import ControlSettings, EdgeSettings, HostPort, NodeSettings
+from common.runtime.config import EdgeSettings, HostPort, NodeSettings
 from common.runtime.node import Node
 from common.runtime.run import start_node, stop_on_signals
 from control.node import serve_control
+from control.settings import ControlSettings
 from edge.role import EdgeRole
 from origin.role import OriginRole
 

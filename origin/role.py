@@ -15,6 +15,7 @@ from common.keys import StreamKey
 from common.registry import RegistryError, StreamClaim
 from common.runtime.role import CleanupContext, NodeContext
 from common.serving.policy import Rejected
+from origin.liveness import why_owner_is_gone
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +31,37 @@ class OriginRole:
     # -- the stream policy ---------------------------------------------------------------------------
 
     async def admit_publisher(self, stream: Stream, query: str, peer: str) -> None:
-        ctx = self.ctx
-        url = ctx.addresses.rtmp_url(stream.app, stream.name)
         try:
             async with asyncio.timeout(5):
-                claim = await ctx.registry.claim(str(stream.key), ctx.settings.node_id, url, ctx.settings.claim_ttl)
+                claim, holder = await self._take(stream.key, self.ctx.addresses.rtmp_url(stream.app, stream.name))
         except (RegistryError, TimeoutError) as exc:
             raise Rejected("NetStream.Publish.Failed", f"registry unavailable, try again: {exc}") from None
         if claim is None:
-            holder = await self._holder(stream.key)
-            raise Rejected("NetStream.Publish.BadName", f"{stream.key} is already being published{holder}")
+            where = f" on origin {holder.origin}" if holder is not None else ""
+            raise Rejected("NetStream.Publish.BadName", f"{stream.key} is already being published{where}")
         self.claims[stream.key] = claim
         log.info("claimed %s (epoch %d)", stream.key, claim.epoch)
+
+    async def _take(self, key: StreamKey, url: str) -> tuple[StreamClaim | None, StreamClaim | None]:
+        """Claim ``key``; if another origin holds it and that origin is gone (its node record lapsed, it is
+        draining, or nothing listens where it served), take the claim over by its epoch. Returns the claim
+        taken (or None) and the other origin's claim that stood in the way."""
+        registry, settings = self.ctx.registry, self.ctx.settings
+        claim = await registry.claim(str(key), settings.node_id, url, settings.claim_ttl)
+        if claim is not None:
+            return claim, None
+        holder = await registry.lookup(str(key))
+        if holder is None:  # it lapsed in between
+            return await registry.claim(str(key), settings.node_id, url, settings.claim_ttl), None
+        why = await why_owner_is_gone(registry, holder)
+        if why is None:
+            return None, holder
+        claim = await registry.claim(str(key), settings.node_id, url, settings.claim_ttl, take_over=holder.epoch)
+        if claim is not None:
+            log.warning(
+                "took %s over from origin %s (epoch %d -> %d): %s", key, holder.origin, holder.epoch, claim.epoch, why
+            )
+        return claim, holder
 
     def publisher_left(self, stream: Stream) -> None:
         claim = self.claims.pop(stream.key, None)
@@ -59,13 +79,6 @@ class OriginRole:
 
     # -- claims --------------------------------------------------------------------------------------
 
-    async def _holder(self, key: StreamKey) -> str:
-        try:
-            claim = await self.ctx.registry.lookup(str(key))
-        except RegistryError:
-            return ""
-        return f" on origin {claim.origin}" if claim is not None else ""
-
     async def _release(self, claim: StreamClaim) -> None:
         try:
             async with asyncio.timeout(5):
@@ -78,12 +91,30 @@ class OriginRole:
     async def renew_all(self) -> None:
         for key, claim in list(self.claims.items()):
             try:
-                held = await self.ctx.registry.renew(claim, self.ctx.settings.claim_ttl)
+                await self._renew(key, claim)
             except RegistryError as exc:
+                # An unreachable registry is not a lost lease: the stream flows on, and the claim is renewed
+                # (or re-asserted) once the registry answers again.
                 log.warning("could not renew %s (retrying; media keeps flowing): %s", key, exc)
-                continue
-            if not held and self.claims.get(key) is claim:
-                self._lost(key, claim)
+
+    async def _renew(self, key: StreamKey, claim: StreamClaim) -> None:
+        registry, settings = self.ctx.registry, self.ctx.settings
+        if await registry.renew(claim, settings.claim_ttl):
+            return
+        # Not held with our epoch any more. Either nobody holds it (it lapsed while the registry was away,
+        # or a restarted registry lost it): take it again; or another origin took it over: we are fenced off.
+        fresh = await registry.claim(str(key), settings.node_id, claim.rtmp_url, settings.claim_ttl)
+        if self.claims.get(key) is not claim:  # the publisher left meanwhile: give back what we just took
+            if fresh is not None:
+                await registry.release(fresh)
+            return
+        if fresh is None:
+            self._lost(key, claim)
+            return
+        self.claims[key] = fresh
+        log.warning(
+            "re-asserted the claim on %s after the registry lost it (epoch %d -> %d)", key, claim.epoch, fresh.epoch
+        )
 
     def _lost(self, key: StreamKey, claim: StreamClaim) -> None:
         """Fenced off: another origin owns the stream now. Stop being its source here."""
@@ -91,7 +122,10 @@ class OriginRole:
         del self.claims[key]
         stream = self.ctx.hub.get(key)
         if stream is not None and stream.source is not None:
-            stream.source.stop(f"lost the lease on {key}")
+            source = stream.source
+            stream.end_of_source()  # no grace here: the stream lives on at its new owner
+            source.stop(f"lost the lease on {key}")
+            self.ctx.hub.discard_if_idle(stream)
 
     async def release_all(self) -> None:
         claims = list(self.claims.values())

@@ -24,6 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent
 ffmpeg_path = ffmpeg_executable  # LIVECDN_FFMPEG, the system ffmpeg, or imageio-ffmpeg's (has RTMP)
 
 
+def run_livecdn(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """`python -m livecdn ARGS` as a user runs it, to completion (for commands that must refuse to start)."""
+    return subprocess.run(
+        [sys.executable, "-m", "livecdn", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from common.hub.fanout import FanOut, Scheduler, Subscriber
 from common.hub.packet import AUDIO, DATA, VIDEO, HubLimits, Packet
+from common.hub.timeline import Timeline
 from common.keys import StreamKey
 from common.media.flv import is_audio_sequence_header, is_video_sequence_header
 from common.media.metadata import player_metadata
@@ -88,6 +89,7 @@ class Stream:
     audio_header: Packet | None = None
     gop: GopCache = field(init=False)
     fanout: FanOut = field(init=False)
+    timeline: Timeline = field(init=False)
     bytes_in: int = 0
     packets_in: int = 0
     scheduler: Scheduler = asyncio_scheduler
@@ -96,6 +98,7 @@ class Stream:
     def __post_init__(self) -> None:
         self.gop = GopCache(self.limits.gop_max_bytes, self.limits.gop_max_packets)
         self.fanout = FanOut(self.limits, self.scheduler, self.clock, self.headers)
+        self.timeline = Timeline()
 
     @property
     def app(self) -> str:
@@ -135,6 +138,7 @@ class Stream:
         """One message from the source: cache what late joiners need, then fan it out."""
         self.bytes_in += len(payload)
         self.packets_in += 1
+        timestamp = self.timeline.place(kind, timestamp, payload)
         if kind == DATA:
             meta = player_metadata(payload)
             if meta is None:
@@ -162,6 +166,18 @@ class Stream:
     def flush(self) -> None:
         """Send everything still waiting for a merge window (to every viewer group)."""
         self.fanout.flush_all()
+
+    def attach(self, source: Source) -> None:
+        """``source`` feeds the stream from now on; its clock is rebased to go on from what viewers saw."""
+        self.source = source
+        self.timeline.new_session()
+
+    def source_left(self) -> None:
+        """The source went away, maybe for a moment: viewers stay and wait for the next one. What is pending
+        goes out; the cached GOP (of the old session) is dropped, the sequence headers are kept."""
+        self.fanout.flush_all()
+        self.source = None
+        self.gop.clear()
 
     def end_of_source(self) -> None:
         """The source left: what is pending goes out, viewers are told and let go; caches are emptied."""

@@ -111,9 +111,13 @@ class Registry(ABC):
     # -- streams ---------------------------------------------------------------------------------
 
     @abstractmethod
-    async def claim(self, key: str, origin: str, rtmp_url: str, ttl: float) -> StreamClaim | None:
+    async def claim(
+        self, key: str, origin: str, rtmp_url: str, ttl: float, *, take_over: int | None = None
+    ) -> StreamClaim | None:
         """Take the lease on a stream. Succeeds when nobody holds it, or when this same origin does
-        (a publisher reconnecting to the same origin; the old epoch is fenced off by a new one).
+        (a publisher reconnecting to the same origin; the old epoch is fenced off by a new one), or, with
+        ``take_over``, when another origin holds it with exactly that epoch (its owner is known to be
+        gone: the caller checked; a newer claim in between makes the take-over fail).
         Returns None when another origin holds a live claim. Publishes a 'publish' event."""
 
     @abstractmethod

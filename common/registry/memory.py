@@ -49,9 +49,11 @@ class MemoryRegistry(Registry):
             return None
         return held[0]
 
-    async def claim(self, key: str, origin: str, rtmp_url: str, ttl: float) -> StreamClaim | None:
+    async def claim(
+        self, key: str, origin: str, rtmp_url: str, ttl: float, *, take_over: int | None = None
+    ) -> StreamClaim | None:
         current = self._live_claim(key)
-        if current is not None and current.origin != origin:
+        if current is not None and current.origin != origin and current.epoch != take_over:
             return None
         claim = StreamClaim(key, origin, rtmp_url, next(self._epochs), wall_clock())
         self._claims[key] = (claim, self._clock() + ttl)

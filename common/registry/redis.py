@@ -44,14 +44,16 @@ EVENTS_POLL = 1.0  # seconds the event reader waits per read (lets health checks
 EVENTS_BACKOFF_MAX = 2.0  # seconds between resubscribe attempts while Redis is down
 
 # KEYS: stream key, epoch counter, streams set
-# ARGV: origin, ttl ms, set member (app/name), channel, claim JSON head/tail, event JSON head/tail
+# ARGV: origin, ttl ms, set member (app/name), channel, claim JSON head/tail, event JSON head/tail,
+#       the epoch of another origin's claim to take over ('' for none)
 # The JSON pieces come pre-encoded from Python; the script only splices the new epoch in between.
 _CLAIM = """
 if redis.replicate_commands then redis.replicate_commands() end
 local current = redis.call('GET', KEYS[1])
 if current then
   local ok, held = pcall(cjson.decode, current)
-  if ok and type(held) == 'table' and held['origin'] ~= ARGV[1] then
+  if ok and type(held) == 'table' and held['origin'] ~= ARGV[1]
+     and (ARGV[9] == '' or held['epoch'] ~= tonumber(ARGV[9])) then
     return false
   end
 end
@@ -240,7 +242,9 @@ class RedisRegistry(Registry):
 
     # -- streams -----------------------------------------------------------------------------------
 
-    async def claim(self, key: str, origin: str, rtmp_url: str, ttl: float) -> StreamClaim | None:
+    async def claim(
+        self, key: str, origin: str, rtmp_url: str, ttl: float, *, take_over: int | None = None
+    ) -> StreamClaim | None:
         since = wall_clock()
         claim_head = f'{{"key":{_json_str(key)},"origin":{_json_str(origin)},"rtmp_url":{_json_str(rtmp_url)},"epoch":'
         claim_tail = f',"since":{json.dumps(since)}}}'
@@ -248,7 +252,17 @@ class RedisRegistry(Registry):
         with self._errors(f"claim of {key!r}"):
             text = await self._claim_script(
                 keys=[self._stream_key(key), self._epoch_key, self._streams_key],
-                args=[origin, _ttl_ms(ttl), key, self._channel, claim_head, claim_tail, event_head, "}"],
+                args=[
+                    origin,
+                    _ttl_ms(ttl),
+                    key,
+                    self._channel,
+                    claim_head,
+                    claim_tail,
+                    event_head,
+                    "}",
+                    "" if take_over is None else str(take_over),
+                ],
             )
         if text is None:
             return None

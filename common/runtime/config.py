@@ -6,7 +6,13 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any, Final, NamedTuple, TypeVar
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -85,15 +91,6 @@ class Settings(BaseSettings):
         return sources
 
 
-class ControlSettings(Settings):
-    """The control plane's settings."""
-
-    http: HostPortSetting = Field(default=HostPort("127.0.0.1", 8000), description="HTTP listen address")
-    epsilon: float = Field(
-        default=0.25, ge=0, description="bounded-load slack: no edge above (1+epsilon) x the average viewers"
-    )
-
-
 class NodeSettings(Settings):
     """Settings every media node (origin, edge) shares."""
 
@@ -129,9 +126,29 @@ class NodeSettings(Settings):
     advertise_host: str | None = Field(
         default=None, description="host other nodes and clients use to reach this one (default: the bind host)"
     )
-    heartbeat_interval: float = Field(default=2.0, gt=0, description="seconds between registry heartbeats")
-    node_ttl: float = Field(default=6.0, gt=0, description="a node missing heartbeats this long is gone")
+    heartbeat_interval: float = Field(default=1.0, gt=0, description="seconds between registry heartbeats")
+    node_ttl: float = Field(
+        default=3.0, gt=0, description="a node missing heartbeats this long is gone (its claims can be taken over)"
+    )
     claim_ttl: float = Field(default=10.0, gt=0, description="a dead origin's stream claims lapse after this")
+    publish_grace: float = Field(
+        default=10.0, ge=0, description="seconds viewers wait for a publisher that left to come back (0: end at once)"
+    )
+    publisher_timeout: float = Field(
+        default=5.0, gt=0, description="a publisher that sends no media this long is dropped"
+    )
+    drain_timeout: float = Field(
+        default=30.0, ge=0, description="seconds a draining node (SIGTERM, POST /v1/drain) keeps its viewers"
+    )
+
+    @model_validator(mode="after")
+    def _leases_outlive_their_renewals(self) -> NodeSettings:
+        # A record that lapses before its next refresh makes a live node look dead: others would take its
+        # streams over. Two refreshes per lease leaves room for one late one.
+        if self.node_ttl < 2 * self.heartbeat_interval:
+            beat = self.heartbeat_interval
+            raise ValueError(f"node_ttl ({self.node_ttl:g}s) must be at least twice heartbeat_interval ({beat:g}s)")
+        return self
 
 
 class EdgeSettings(NodeSettings):
@@ -146,7 +163,10 @@ class EdgeSettings(NodeSettings):
     idle_grace: float = Field(default=15.0, ge=0, description="seconds a pull outlives its last viewer")
     pull_timeout: float = Field(default=5.0, gt=0, description="seconds to resolve and start an upstream pull")
     reconnect_window: float = Field(
-        default=10.0, gt=0, description="seconds a broken upstream is retried with no source before viewers are told"
+        default=30.0, gt=0, description="seconds a lost upstream is retried with no source before viewers are told"
+    )
+    upstream_timeout: float = Field(
+        default=5.0, gt=0, description="a pull that delivers no media this long is abandoned and re-resolved"
     )
 
 

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from common.runtime.metrics import make_registry, render
 
 StatsFn = Callable[[], dict[str, Any]]
-ReadyFn = Callable[[], Awaitable[bool]]
+ReadyFn = Callable[[], Awaitable[dict[str, Any]]]
 
 STATS_KEY: web.AppKey[StatsFn] = web.AppKey("stats")
 READY_KEY: web.AppKey[ReadyFn] = web.AppKey("ready")
@@ -23,8 +23,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready = await request.app[READY_KEY]()
-    return web.json_response({"ready": ready}, status=200 if ready else 503)
+    """200 while the node takes new work; 503 with the reason (registry unreachable, draining) otherwise."""
+    status = await request.app[READY_KEY]()
+    return web.json_response(status, status=200 if status.get("ready") else 503)
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -36,8 +37,8 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def _always_ready() -> bool:
-    return True
+async def _always_ready() -> dict[str, Any]:
+    return {"ready": True}
 
 
 def make_node_app(stats_fn: StatsFn, ready_fn: ReadyFn = _always_ready) -> web.Application:

@@ -8,6 +8,13 @@ cleanup context, started in the order below and stopped in reverse:
 
 so at shutdown the node leaves the registry's node list first, stops accepting, lets the role release
 its claims and stop its pulls while the registry is still open, then closes the remaining connections.
+Viewers (RTMP and HTTP-FLV alike) are let go before all of that, when aiohttp begins to shut down: they
+are disconnected without Play.Stop (the stream goes on; players reconnect through the router), and an
+HTTP-FLV response never holds shutdown up.
+
+Draining (SIGTERM, ``POST /v1/drain``): the node is marked draining in the registry at once, so the
+router sends it nothing new; it keeps its viewers and publishers until they leave or ``drain_timeout``
+passes, then it stops.
 """
 
 from __future__ import annotations
@@ -72,11 +79,15 @@ class Node:
         limits = session_limits(settings)
         self.role = make_role(NodeContext(settings, self.registry, self.hub, limits, self.addresses, self.tasks))
         self.playback = Playback(self.hub, self.role)
-        timeouts = Timeouts(handshake=settings.handshake_timeout, idle=settings.idle_timeout)
-        self.rtmp = RtmpService(self.playback, RtmpOptions(limits, timeouts, settings.viewer_sndbuf))
+        timeouts = Timeouts(settings.handshake_timeout, settings.idle_timeout, settings.publisher_timeout)
+        self.rtmp = RtmpService(
+            self.playback, RtmpOptions(limits, timeouts, settings.viewer_sndbuf, settings.publish_grace)
+        )
         self.app = self._make_app()
         self.started_at = time.time()
         self.draining = False
+        self.finished = asyncio.Event()  # set when a drain is over: whoever runs the node stops it
+        self._beat_now = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._bytes_out_seen = 0
         self._bits_out = 0.0
@@ -120,6 +131,8 @@ class Node:
                 "protocol_errors": self.rtmp.protocol_errors,
                 "bits_out": round(self._bits_out),
                 "draining": self.draining,
+                "viewers": len(self.playback.viewers),
+                "asyncio_tasks": len(asyncio.all_tasks()),
                 **self.role.node_extra(),
             },
             "streams": self.stream_stats(),
@@ -154,8 +167,51 @@ class Node:
             draining=self.draining,
         )
 
-    async def ready(self) -> bool:
-        return await self.registry.ping()
+    async def ready(self) -> dict[str, Any]:
+        if self.draining:
+            return {"ready": False, "draining": True}
+        try:
+            reachable = await self.registry.ping()
+        except RegistryError as exc:
+            return {"ready": False, "draining": False, "error": f"cluster registry unavailable: {exc}"}
+        return {"ready": reachable, "draining": False}
+
+    # -- draining ------------------------------------------------------------------------------------
+
+    def busy(self) -> int:
+        """What a drain waits for: viewers of any format, and publishers."""
+        publishers = sum(1 for conn in self.rtmp.connections if conn.publishing)
+        return len(self.playback.viewers) + publishers
+
+    def start_drain(self, reason: str) -> bool:
+        """Begin draining (once); False if it was already under way."""
+        if self.draining:
+            return False
+        self.draining = True
+        self._beat_now.set()  # tell the registry now, not at the next heartbeat
+        log.warning(
+            "draining (%s): no new viewers or publishers are routed here; %d still connected, stopping when they "
+            "leave or in %gs",
+            reason,
+            self.busy(),
+            self.settings.drain_timeout,
+        )
+        self.tasks.spawn(self._drain(), name="drain")
+        return True
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.settings.drain_timeout
+        # Polled: viewers and publishers leave through several paths, and five looks a second cost nothing.
+        while self.busy() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        left = self.busy()
+        log.warning("drained: %s", f"{left} still connected at the deadline" if left else "everyone left")
+        self.finished.set()
+
+    async def _drain_request(self, request: web.Request) -> web.Response:
+        started = self.start_drain(f"requested by {request.remote}")
+        body = {"draining": True, "started": started, "drain_timeout_s": self.settings.drain_timeout}
+        return web.json_response(body, status=202)
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -163,10 +219,19 @@ class Node:
         app = make_node_app(self.stats, self.ready)
         app[PLAYBACK_KEY] = self.playback
         app.router.add_get("/{app}/{name}.flv", play_flv)
+        app.router.add_post("/v1/drain", self._drain_request)
+        # on_shutdown, not a cleanup context: aiohttp runs it before it waits (up to a minute) for open
+        # request handlers, which HTTP-FLV responses are.
+        app.on_shutdown.append(self._let_viewers_go)
         app.cleanup_ctx.extend(
             [self._registry_ctx, self._connections_ctx, *self.role.contexts(), self._listener_ctx, self._heartbeat_ctx]
         )
         return app
+
+    async def _let_viewers_go(self, app: web.Application) -> None:
+        if self.playback.viewers:
+            log.info("disconnecting %d viewers", len(self.playback.viewers))
+        self.playback.disconnect_all("node shutting down")
 
     async def _registry_ctx(self, app: web.Application) -> AsyncIterator[None]:
         await self.registry.start()
@@ -230,4 +295,7 @@ class Node:
                 log.info("registry heartbeat works again")
                 failing = False
                 backoff.reset()
-            await asyncio.sleep(self.settings.heartbeat_interval)
+            self._beat_now.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.heartbeat_interval):
+                    await self._beat_now.wait()

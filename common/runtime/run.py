@@ -52,13 +52,27 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 
 
 async def serve(node: Node, stop: asyncio.Event | None = None) -> None:
-    """Run one node until SIGINT/SIGTERM (or ``stop``)."""
+    """Run one node until SIGINT (or ``stop``): at once; or SIGTERM (or POST /v1/drain): after a drain.
+    A second SIGTERM during a drain stops at once."""
     stop = stop or asyncio.Event()
-    stop_on_signals(stop)
+    loop = asyncio.get_running_loop()
+
+    def terminate() -> None:
+        if not node.start_drain("SIGTERM"):
+            stop.set()  # the second SIGTERM
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, terminate)
     runner = await start_node(node)
     try:
         print(node.banner(), flush=True)
-        await stop.wait()
+        ends = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(node.finished.wait())]
+        try:
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for end in ends:
+                end.cancel()
         log.info("shutting down")
     finally:
         await runner.cleanup()

@@ -25,6 +25,7 @@ from common.rtmp.session import ClientSession, SessionLimits
 log = logging.getLogger(__name__)
 
 MediaCallback = Callable[[MediaReceived], None]
+StatusCallback = Callable[[StatusReceived], None]
 
 
 class RtmpClientError(Exception):
@@ -89,6 +90,7 @@ class RtmpClient:
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[Any] | None = None
         self._on_media: MediaCallback | None = None
+        self.on_status: StatusCallback | None = None  # every onStatus the server sends, for those who watch
         self.closed: asyncio.Future[str] = self._loop.create_future()
 
     @classmethod
@@ -130,14 +132,14 @@ class RtmpClient:
     def write_buffer_size(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
-    def close(self) -> None:
+    def close(self, reason: str = "closed by us") -> None:
         if self.transport is not None and not self.transport.is_closing():
             if self.stream_id:
                 self.session.delete_stream(self.stream_id)
                 self._flush()
             self.transport.close()
         if not self.closed.done():
-            self.closed.set_result("closed by us")
+            self.closed.set_result(reason)
 
     async def __aenter__(self) -> RtmpClient:
         return self
@@ -193,6 +195,8 @@ class RtmpClient:
         elif isinstance(event, ConnectRejected):
             self._resolve(error=RtmpClientError(f"connect rejected: {event.description}", event.code))
         elif isinstance(event, StatusReceived):
+            if self.on_status is not None:
+                self.on_status(event)
             if event.level == "error" or event.code in ("NetStream.Play.Stop", "NetStream.Play.UnpublishNotify"):
                 error = RtmpClientError(f"{event.code}: {event.description}", event.code)
                 if self._waiter is not None:

@@ -22,11 +22,18 @@ from common.rtmp.session import ServerSession, SessionLimits
 
 log = logging.getLogger(__name__)
 
+_LATE = 1.0  # seconds a progress check may fire late before the node counts as having stood still
+
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     handshake: float = 10.0  # seconds from TCP accept to a connect command
     idle: float = 30.0  # seconds without input on a connection that is not playing
+    publisher: float = 5.0  # seconds without input on a publishing connection (half-open: it must not block)
+
+    @property
+    def check_every(self) -> float:
+        return min(self.idle, self.publisher / 2, 5.0)
 
 
 class ConnectionHandler(Protocol):
@@ -62,9 +69,12 @@ class RtmpViewer:
         self.conn.abort(reason)  # connection_lost runs later, outside the hub's fan-out loop
 
     def source_ended(self) -> None:
-        self.conn.viewer = None
+        # conn.viewer stays set: closing unsubscribes it through the one play path, as any other leave.
         self.conn.session.end_play(self.stream_id, self.stream.name)
         self.conn.close(f"source of {self.stream.key} ended")
+
+    def disconnect(self, reason: str) -> None:
+        self.conn.close(reason)  # no Play.Stop: the stream goes on, the player reconnects elsewhere
 
 
 class RtmpServerProtocol(asyncio.Protocol):
@@ -77,12 +87,13 @@ class RtmpServerProtocol(asyncio.Protocol):
         self.peer = "?"
         self.closed = False
         self.close_reason = ""
-        self.last_received = time.monotonic()
+        self.opened_at = self.last_received = time.monotonic()
         self.publishing: dict[int, Stream] = {}  # message stream id -> the stream it feeds
         self.viewer: RtmpViewer | None = None  # while this connection plays a stream
         self._pending: deque[Event] = deque()
         self._waiting: asyncio.Future[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._check_due = 0.0
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
 
@@ -91,7 +102,8 @@ class RtmpServerProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.service.connection_opened(self)
-        self._timer = asyncio.get_running_loop().call_later(self.service.timeouts.handshake, self._check_progress)
+        timeouts = self.service.timeouts
+        self._check_in(min(timeouts.handshake, timeouts.check_every))
 
     def data_received(self, data: bytes) -> None:
         self.last_received = time.monotonic()
@@ -151,17 +163,36 @@ class RtmpServerProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _check_progress(self) -> None:
-        """Close connections that stall: no connect in time, or an idle non-playing connection."""
+        """Close connections that stall: no connect in time, a publisher that went quiet (half-open: its
+        replacement must not wait), or an idle connection that neither plays nor publishes."""
         timeouts = self.service.timeouts
         if self.closed:
             return
-        if not self.session.connected:
-            self.close(f"no connect within {timeouts.handshake:g}s")
+        now = time.monotonic()
+        if now - self._check_due > _LATE:
+            # The process itself stood still (frozen, swapped out): what the peer sent meanwhile is still
+            # unread in the socket, so its silence proves nothing yet. Judge once the input is read.
+            self._check_in(_LATE)
             return
-        if self.viewer is None and time.monotonic() - self.last_received > timeouts.idle:
+        delay = timeouts.check_every
+        if not self.session.connected:
+            left = timeouts.handshake - (now - self.opened_at)
+            if left <= 0:
+                self.close(f"no connect within {timeouts.handshake:g}s")
+                return
+            delay = min(delay, left)
+        quiet = now - self.last_received
+        if self.publishing and quiet > timeouts.publisher:
+            self.close(f"publisher sent nothing for {timeouts.publisher:g}s")
+            return
+        if self.viewer is None and quiet > timeouts.idle:
             self.close(f"idle for {timeouts.idle:g}s")
             return
-        self._timer = asyncio.get_running_loop().call_later(min(timeouts.idle, 5.0), self._check_progress)
+        self._check_in(delay)
+
+    def _check_in(self, delay: float) -> None:
+        self._check_due = time.monotonic() + delay
+        self._timer = asyncio.get_running_loop().call_later(delay, self._check_progress)
 
     # -- output ------------------------------------------------------------------------------------
 

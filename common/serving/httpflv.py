@@ -16,7 +16,7 @@ from common.hub.stream import Stream
 from common.keys import StreamKey
 from common.media.flv import flv_file_header
 from common.serving.playback import Playback
-from common.serving.policy import Rejected
+from common.serving.policy import Rejected, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ class FlvViewer:
         # Returning from the handler ends the chunked body (aiohttp writes the last chunk).
         self._finish(f"source of {self.stream.key} ended")
 
+    def disconnect(self, reason: str) -> None:
+        self._finish(reason)
+
     def _finish(self, reason: str) -> None:
         if not self.done.done():
             self.done.set_result(reason)
@@ -63,6 +66,8 @@ async def play_flv(request: web.Request) -> web.StreamResponse:
         stream = await playback.locate(key, request.query_string)
     except Rejected as exc:
         raise web.HTTPForbidden(text=f"{exc.description}\n") from None
+    except SourceUnavailable as exc:
+        raise web.HTTPServiceUnavailable(text=f"{exc}\n", headers={"Retry-After": "2"}) from None
     if stream is None:
         raise web.HTTPNotFound(text=f"{key} is not live\n")
     transport = request.transport

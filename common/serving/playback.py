@@ -7,6 +7,7 @@ viewer_left for all of them and an idle stream is let go in one place.
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from common.hub.fanout import Subscriber
 from common.hub.stream import Hub, Stream
@@ -16,10 +17,16 @@ from common.serving.policy import StreamPolicy
 log = logging.getLogger(__name__)
 
 
+class Viewer(Subscriber, Protocol):
+    def disconnect(self, reason: str) -> None:
+        """Leave without telling the player the stream ended (the node stops; the stream goes on)."""
+
+
 class Playback:
     def __init__(self, hub: Hub, policy: StreamPolicy) -> None:
         self.hub = hub
         self.policy = policy
+        self.viewers: set[Viewer] = set()  # every viewer playing now, of any format
 
     def live(self, key: StreamKey) -> Stream | None:
         """The local stream if something feeds it now (no waiting)."""
@@ -35,12 +42,18 @@ class Playback:
         stream = await self.policy.find_source(key, query)
         return stream if stream is not None and stream.live else None
 
-    def subscribe(self, stream: Stream, viewer: Subscriber, peer: str, how: str) -> None:
+    def subscribe(self, stream: Stream, viewer: Viewer, peer: str, how: str) -> None:
+        self.viewers.add(viewer)
         stream.add_subscriber(viewer)
         self.policy.viewer_joined(stream)
         log.info("%s: playing %s over %s (%d viewers)", peer, stream.key, how, stream.viewers)
 
-    def unsubscribe(self, stream: Stream, viewer: Subscriber) -> None:
+    def unsubscribe(self, stream: Stream, viewer: Viewer) -> None:
+        self.viewers.discard(viewer)
         stream.remove_subscriber(viewer)
         self.policy.viewer_left(stream)
         self.hub.discard_if_idle(stream)
+
+    def disconnect_all(self, reason: str) -> None:
+        for viewer in list(self.viewers):
+            viewer.disconnect(reason)

@@ -22,6 +22,11 @@ class Rejected(Exception):
         self.description = description
 
 
+class SourceUnavailable(Exception):
+    """The stream's source cannot be located now (the cluster registry does not answer): RTMP players get
+    StreamNotFound with this text, HTTP players a 503. Retrying later works without a restart."""
+
+
 class StreamPolicy(Protocol):
     accepts_publishes: bool
 
@@ -33,7 +38,8 @@ class StreamPolicy(Protocol):
         whose connection closed before it could start."""
 
     async def find_source(self, key: StreamKey, query: str) -> Stream | None:
-        """A play for a stream with no local source: an edge starts a pull here. None: not live."""
+        """A play for a stream with no local source: an edge starts a pull here. None: not live.
+        Raises SourceUnavailable when where it lives cannot be asked now."""
 
     def viewer_joined(self, stream: Stream) -> None:
         """A viewer started playing (any delivery format)."""

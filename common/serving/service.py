@@ -28,7 +28,7 @@ from common.rtmp.messages import MEDIA_STREAM_ID
 from common.rtmp.session import SessionLimits
 from common.serving.connection import RtmpServerProtocol, RtmpViewer, Timeouts
 from common.serving.playback import Playback
-from common.serving.policy import Rejected
+from common.serving.policy import Rejected, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class RtmpOptions:
     session_limits: SessionLimits = field(default_factory=SessionLimits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     viewer_sndbuf: int = 0  # SO_SNDBUF of viewer sockets (0: kernel autotuning)
+    publish_grace: float = 0.0  # seconds viewers wait for a publisher that left to come back (0: end at once)
 
 
 class RtmpService:
@@ -51,7 +52,10 @@ class RtmpService:
         self.session_limits = options.session_limits
         self.timeouts = options.timeouts
         self.viewer_sndbuf = options.viewer_sndbuf
+        self.publish_grace = options.publish_grace
         self.connections: set[RtmpServerProtocol] = set()
+        self._graces: dict[StreamKey, tuple[asyncio.TimerHandle, Stream]] = {}  # streams waiting for a publisher
+        self._closing = False
         self.protocol_errors = 0
         self.connections_total = 0
         self._handlers: dict[type[Event], Callable[[RtmpServerProtocol, Any], Awaitable[None] | None]] = {
@@ -91,6 +95,10 @@ class RtmpService:
         return handler(conn, event) if handler is not None else None
 
     async def close_all(self, reason: str) -> None:
+        self._closing = True  # publishers closed now end their streams at once: nobody will come back here
+        for timer, _ in self._graces.values():
+            timer.cancel()
+        self._graces.clear()
         for conn in list(self.connections):
             conn.close(reason)
         await asyncio.sleep(0)
@@ -123,7 +131,7 @@ class RtmpService:
             log.warning("%s: refused publish of %s: already published", conn.peer, key)
             conn.session.reject(event.stream_id, "NetStream.Publish.BadName", f"{key} is already being published")
             return None
-        stream.source = conn  # reserve before any await, so a racing second publisher is refused
+        stream.attach(conn)  # reserve before any await, so a racing second publisher is refused
         return self._admit_publisher(conn, stream, event)
 
     async def _admit_publisher(self, conn: RtmpServerProtocol, stream: Stream, event: PublishRequested) -> None:
@@ -141,6 +149,12 @@ class RtmpService:
                 stream.source = None
                 self.hub.discard_if_idle(stream)
         if admitted:
+            waiting = self._graces.pop(stream.key, None)
+            if waiting is not None:
+                waiting[0].cancel()
+                log.info(
+                    "%s: %s is back within its grace period (%d viewers kept)", conn.peer, stream.key, stream.viewers
+                )
             conn.publishing[event.stream_id] = stream
             conn.session.accept_publish(event.stream_id, event.name)
             log.info("%s: publishing %s", conn.peer, stream.key)
@@ -164,6 +178,10 @@ class RtmpService:
             stream = await self.playback.locate(key, event.query)
         except Rejected as exc:
             conn.session.reject(event.stream_id, exc.code, exc.description)
+            return
+        except SourceUnavailable as exc:
+            log.warning("%s: play of %s: %s", conn.peer, key, exc)
+            conn.session.reject(event.stream_id, "NetStream.Play.StreamNotFound", str(exc))
             return
         if conn.closed:
             return
@@ -196,9 +214,34 @@ class RtmpService:
         if stream.source is not conn:
             return
         log.info("%s: unpublished %s (%d bytes in)", conn.peer, stream.key, stream.bytes_in)
-        stream.end_of_source()
         self.policy.publisher_left(stream)
+        if self.publish_grace > 0 and stream.viewers > 0 and not self._closing:
+            # An encoder restart or a network blip: keep the viewers for a while; a publisher that comes
+            # back (here, or at another origin an edge then follows) continues the stream.
+            stream.source_left()
+            previous = self._graces.pop(stream.key, None)
+            if previous is not None:
+                previous[0].cancel()
+            timer = asyncio.get_running_loop().call_later(self.publish_grace, self._grace_over, stream)
+            self._graces[stream.key] = (timer, stream)
+            log.info(
+                "%s: %d viewers wait up to %gs for it to be published again",
+                stream.key,
+                stream.viewers,
+                self.publish_grace,
+            )
+        else:
+            stream.end_of_source()
         self.hub.discard_if_idle(stream)
+
+    def _grace_over(self, stream: Stream) -> None:
+        waiting = self._graces.get(stream.key)
+        if waiting is not None and waiting[1] is stream:
+            del self._graces[stream.key]
+        if stream.source is None:
+            log.info("%s: not published again within %gs; ending it for its viewers", stream.key, self.publish_grace)
+            stream.end_of_source()
+            self.hub.discard_if_idle(stream)
 
     def _end_play(self, conn: RtmpServerProtocol, viewer: RtmpViewer) -> None:
         conn.viewer = None

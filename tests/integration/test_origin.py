@@ -6,7 +6,6 @@ import asyncio
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,12 +16,12 @@ from common.rtmp.events import MediaReceived
 from common.serving.client import RtmpClient, RtmpClientError
 from tests.helpers import (
     LOW_LATENCY_INPUT,
-    ROOT,
     NodeProcess,
     ffmpeg_path,
     finish_play,
     play_and_decode,
     publishing,
+    run_livecdn,
     start_play,
     wait_for,
 )
@@ -152,13 +151,7 @@ def test_silent_connection_is_closed_after_the_handshake_timeout(tmp_path: Path)
 
 
 def test_bad_settings_give_a_clear_error() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "livecdn", "origin", "--rtmp", "nonsense", "--http", "127.0.0.1:1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_livecdn("origin", "--rtmp", "nonsense", "--http", "127.0.0.1:1")
     assert result.returncode == 2
     assert "--rtmp / LIVECDN_RTMP" in result.stderr and "HOST:PORT" in result.stderr
 

@@ -12,9 +12,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from common.registry.base import NodeInfo, RegistryError, StreamClaim
 from common.registry.memory import MemoryRegistry
-from common.runtime.config import ConfigError, ControlSettings, load_settings
+from common.runtime.config import ConfigError, load_settings
 from control.app import make_control_app
 from control.node import http_url, serve_control
+from control.settings import ControlSettings
 from tests.helpers import node_info as node
 
 TTL = 30.0
@@ -94,9 +95,13 @@ async def test_route_publish_least_loaded_region_first(client: Client) -> None:
         "origin": "origin-eu",
         "region": "eu",
         "rtmp": "rtmp://origin-eu.test:1935/live/x",
+        "client_region": "eu",
+        "region_source": "query",
     }
     resp = await client.get("/v1/route/publish", params={"stream": "live/x"})
-    assert (await resp.json())["origin"] == "origin-us"  # least loaded overall
+    body = await resp.json()
+    assert body["origin"] == "origin-us"  # least loaded overall
+    assert body["client_region"] is None and body["region_source"] == "none"  # no region settings: as before
     resp = await client.get("/v1/route/publish", params={"stream": "live/x", "region": "ap", "unrelated": "1"})
     assert (await resp.json())["origin"] == "origin-us"  # no origin in ap: fall back
 
@@ -117,6 +122,8 @@ async def test_route_play(client: Client) -> None:
         "region": "us",
         "rtmp": "rtmp://edge-us-1.test:1935/live/x",
         "flv": "http://edge-us-1.test:8080/live/x.flv",
+        "client_region": "us",
+        "region_source": "query",
     }
     body = await (await client.get("/v1/route/play", params={"stream": "live/x", "region": "eu"})).json()
     assert body["edge"] in ("edge-eu-1", "edge-eu-2")

@@ -70,6 +70,10 @@ async def claim(reg: Registry, key: str, origin: str, ttl: float = LONG) -> Stre
     return await reg.claim(key, origin, url(origin, key), ttl)
 
 
+async def claim_over(reg: Registry, key: str, origin: str, *, take_over: int) -> StreamClaim | None:
+    return await reg.claim(key, origin, url(origin, key), LONG, take_over=take_over)
+
+
 async def must_claim(reg: Registry, key: str, origin: str, ttl: float = LONG) -> StreamClaim:
     got = await claim(reg, key, origin, ttl)
     assert got is not None, f"{origin} could not claim {key}"
@@ -165,6 +169,29 @@ async def test_claim_expires_without_renewal_then_another_origin_takes_it(regist
     assert [c.origin for c in await registry.streams()] == ["o2"]
     assert not await registry.release(dead)  # the dead origin's late release does not hurt the new owner
     assert await registry.lookup("live/a") == taken
+
+
+async def test_take_over_needs_the_exact_epoch_and_fences_the_old_owner(registry: Registry) -> None:
+    old = await must_claim(registry, "live/a", "o1")
+    assert await claim_over(registry, "live/a", "o2", take_over=old.epoch + 1) is None  # not what o1 holds
+    assert await registry.lookup("live/a") == old
+    taken = await claim_over(registry, "live/a", "o2", take_over=old.epoch)
+    assert taken is not None and taken.origin == "o2" and taken.epoch > old.epoch
+    assert await registry.lookup("live/a") == taken
+    assert not await registry.renew(old, LONG)  # the old owner, if it comes back, is fenced off
+    assert not await registry.release(old)
+    # A second taker that saw the same old epoch loses: only one owner at a time.
+    assert await claim_over(registry, "live/a", "o3", take_over=old.epoch) is None
+    assert await registry.lookup("live/a") == taken
+
+
+async def test_concurrent_take_overs_have_exactly_one_winner(registry: Registry) -> None:
+    old = await must_claim(registry, "live/a", "o1")
+    results = await asyncio.gather(
+        *(claim_over(registry, "live/a", f"o{i}", take_over=old.epoch) for i in range(2, 12))
+    )
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1 and await registry.lookup("live/a") == winners[0]
 
 
 async def test_streams_lists_live_claims_sorted(registry: Registry) -> None:

@@ -20,6 +20,7 @@ from control.routing import (
     choose_edge,
     choose_origin,
     healthy,
+    in_region,
     pick_bounded,
     ring_for,
     stable_hash,
@@ -57,9 +58,9 @@ def test_origin_owner_wins_over_less_loaded() -> None:
     assert choose_origin(origins, claim("live/x", "o1"), "us") == origins[0]
 
 
-def test_origin_owner_returned_even_when_draining() -> None:
+def test_a_draining_owner_is_passed_over_for_one_that_can_take_the_claim_over() -> None:
     origins = [node("o1", "origin", draining=True), node("o2", "origin")]
-    assert choose_origin(origins, claim("live/x", "o1"), None) == origins[0]
+    assert choose_origin(origins, claim("live/x", "o1"), None) == origins[1]
 
 
 def test_origin_stale_claim_falls_back_to_least_loaded() -> None:
@@ -128,6 +129,87 @@ def test_edge_none_when_no_healthy_edge() -> None:
     assert choose_edge("live/x", [], None) is None
     assert choose_edge("live/x", [node("e1", draining=True)], "eu") is None
     assert choose_edge("live/x", [node("o1", "origin")], None) is None
+
+
+# -- region fallback lists ---------------------------------------------------------------------------
+
+WORLD = [node("eu1", region="eu"), node("us1", region="us"), node("ap1", region="ap"), node("sa1", region="sa")]
+FALLBACK = {"eu": ("ap", "us"), "ap": ("us", "*"), "sa": ("us",)}
+
+
+def ids(nodes: list[NodeInfo]) -> list[str]:
+    return [n.id for n in nodes]
+
+
+def test_in_region_follows_the_operators_list_in_order() -> None:
+    assert ids(in_region(WORLD, "eu", FALLBACK)) == ["eu1"]  # the region itself first
+    no_eu = [n for n in WORLD if n.region != "eu"]
+    assert ids(in_region(no_eu, "eu", FALLBACK)) == ["ap1"]  # then its first choice, not the others
+    assert ids(in_region([n for n in no_eu if n.region != "ap"], "eu", FALLBACK)) == ["us1"]
+    assert in_region([node("sa1", region="sa")], "eu", FALLBACK) == []  # the list ends: sa is not on it
+    assert ids(in_region([node("sa1", region="sa")], "ap", FALLBACK)) == ["sa1"]  # '*': then anywhere
+
+
+def test_in_region_without_a_list_or_region_is_as_before() -> None:
+    no_us = [n for n in WORLD if n.region != "us"]
+    assert ids(in_region(no_us, "us", FALLBACK)) == ids(no_us)  # no list for us: every node
+    assert ids(in_region(WORLD, None, FALLBACK)) == ids(WORLD)  # no region: every node
+    assert ids(in_region(no_us, "us")) == ids(no_us)
+
+
+def test_edges_fall_back_along_the_list_for_every_stream() -> None:
+    edges = [node("eu1", region="eu", draining=True), node("us1", region="us"), node("ap1", region="ap")]
+    for i in range(100):
+        chosen = choose_edge(f"live/s{i}", edges, "eu", fallback={"eu": ("ap", "us")})
+        assert chosen is not None and chosen.id == "ap1"
+    # Without the list the same streams spread over every healthy edge.
+    assert {choose_edge(f"live/s{i}", edges, "eu") for i in range(100)} == {edges[1], edges[2]}
+    assert choose_edge("live/x", edges[:1], "eu", fallback={"eu": ("ap", "us")}) is None
+
+
+def test_origins_fall_back_along_the_list_but_the_claim_holder_still_wins() -> None:
+    origins = [
+        node("eu1", "origin", "eu", draining=True),
+        node("us1", "origin", "us", streams=0),
+        node("ap1", "origin", "ap", streams=9),
+    ]
+    fallback = {"eu": ("ap", "us")}
+    assert choose_origin(origins, None, "eu", fallback) == origins[2]  # the list, not the least loaded
+    assert choose_origin(origins, None, "eu") == origins[1]  # no list: least loaded anywhere, as before
+    assert choose_origin(origins, claim("live/x", "us1"), "eu", fallback) == origins[1]
+    assert choose_origin(origins[:1], None, "eu", fallback) is None
+
+
+regions = st.sampled_from(["eu", "us", "ap", "sa", "af"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    present=st.lists(st.tuples(regions, st.booleans()), max_size=8),
+    region=regions | st.none(),
+    order=st.lists(regions, unique=True, max_size=4),
+    anywhere=st.booleans(),
+)
+def test_in_region_picks_the_first_listed_region_that_has_nodes(
+    present: list[tuple[str, bool]], region: str | None, order: list[str], anywhere: bool
+) -> None:
+    nodes = [node(f"n{i}", region=r, draining=d) for i, (r, d) in enumerate(present)]
+    up = healthy(nodes, "edge")
+    chain = tuple(r for r in order if r != region) + (("*",) if anywhere else ())
+    fallback = {} if region is None else {region: chain}
+    got = in_region(up, region, fallback)
+    assert all(n in up for n in got)  # never a draining node
+    if region is None:
+        assert got == up
+        return
+    with_nodes = [r for r in (region, *chain) if r == "*" or any(n.region == r for n in up)]
+    if not with_nodes:
+        assert got == []  # the list is exhausted: no region the operator left out
+    elif with_nodes[0] == "*":
+        assert got == up
+    else:
+        assert got and {n.region for n in got} == {with_nodes[0]}
+        assert got == [n for n in up if n.region == with_nodes[0]]
 
 
 def test_edge_draining_never_chosen() -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from common.runtime.config import ControlSettings, EdgeSettings, HostPort, NodeSettings, Settings, load_settings
+from common.runtime.config import EdgeSettings, HostPort, NodeSettings, Settings, load_settings
+from control.settings import ControlSettings
 from livecdn.cli import cli
 
 
