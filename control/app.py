@@ -1,7 +1,7 @@
 """The control plane's HTTP API: publish/play routing, the 302 form for players, the cluster view,
-health, metrics and a small status page. Routing decisions live in control.routing (pure functions), a
-client's address and region in control.client_address and control.client_region; this module only
-reads the registry, validates input and shapes answers.
+health, metrics and a small status page. Routing decisions live in common.placement (pure functions),
+the edges' view for them in control.edges, a client's address and region in control.client_address and
+control.client_region; this module only reads the registry, validates input and shapes answers.
 """
 
 from __future__ import annotations
@@ -12,56 +12,32 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from common.keys import StreamKey, valid_name
+from common.placement.choice import RegionFallback, choose_origin
+from common.placement.hashing import DEFAULT_EPSILON
 from common.redact import redact_url
 from common.registry.base import NodeInfo, Registry, RegistryError
+from common.registry.pending import PendingCounts, open_pending_counts
 from control.client_address import ProxyTrust
 from control.client_region import ClientRegions, RegionChoice
+from control.coalesce import Coalesced
+from control.edges import EdgeRouting
 from control.metrics import ControlMetrics
-from control.routing import DEFAULT_EPSILON, RegionFallback, choose_edge, choose_origin
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class NodeLists:
-    """Reads the registry's node lists, one request in flight per role: a burst of routing requests
-    shares one registry round trip instead of each making its own (no result is reused once that
-    round trip is over, so answers are never staler than one registry read)."""
-
-    def __init__(self, registry: Registry) -> None:
-        self._registry = registry
-        self._inflight: dict[str, asyncio.Task[list[NodeInfo]]] = {}
-
-    async def get(self, role: str) -> list[NodeInfo]:
-        task = self._inflight.get(role)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._registry.nodes(role))
-            self._inflight[role] = task
-            task.add_done_callback(lambda done: self._finished(role, done))
-        # shield: one caller going away must not cancel the read the others wait on.
-        return await asyncio.shield(task)
-
-    def _finished(self, role: str, task: asyncio.Task[list[NodeInfo]]) -> None:
-        if self._inflight.get(role) is task:
-            del self._inflight[role]
-        if not task.cancelled():
-            task.exception()  # retrieved here so an error nobody awaited anymore is not logged as lost
-
-    async def close(self) -> None:
-        tasks = list(self._inflight.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
 REGISTRY_KEY: web.AppKey[Registry] = web.AppKey("registry", Registry)
-NODE_LISTS_KEY: web.AppKey[NodeLists] = web.AppKey("node_lists", NodeLists)
+ORIGINS_KEY: web.AppKey[Coalesced[list[NodeInfo]]] = web.AppKey("origins")
+EDGES_KEY: web.AppKey[EdgeRouting] = web.AppKey("edges", EdgeRouting)
+PENDING_KEY: web.AppKey[PendingCounts] = web.AppKey("pending", PendingCounts)
 EPSILON_KEY: web.AppKey[float] = web.AppKey("epsilon", float)
 REGIONS_KEY: web.AppKey[ClientRegions] = web.AppKey("regions", ClientRegions)
 PROXIES_KEY: web.AppKey[ProxyTrust] = web.AppKey("proxies", ProxyTrust)
@@ -173,16 +149,27 @@ def _origin_answer(key: StreamKey, origin: NodeInfo, choice: RegionChoice) -> di
     }
 
 
-def _edge_answer(key: StreamKey, edge: NodeInfo, choice: RegionChoice) -> dict[str, Any]:
+def _edge_answer(key: StreamKey, edge: NodeInfo, choice: RegionChoice, token: str) -> dict[str, Any]:
     stream = str(key)
+    query = f"?{token}" if token else ""
     return {
         "stream": stream,
         "edge": edge.id,
         "region": edge.region,
-        "rtmp": f"rtmp://{edge.rtmp}/{stream}",
-        "flv": f"http://{edge.http}/{stream}.flv",
+        "rtmp": f"rtmp://{edge.rtmp}/{stream}{query}",
+        "flv": f"http://{edge.http}/{stream}.flv{query}",
         **_placement(choice),
     }
+
+
+def play_token(request: web.Request) -> str:
+    """The viewer's play token (exp, sig), passed on to the URLs we answer: the edge checks it, we do not."""
+    expires, sig = request.query.get("exp", ""), request.query.get("sig", "")
+    if not expires and not sig:
+        return ""
+    if not expires.isdigit() or len(expires) > 12 or not sig or len(sig) > 128:
+        raise BadRequest("invalid play token: pass the exp and sig that livecdn sign printed")
+    return urlencode({"exp": expires, "sig": sig})
 
 
 def _none_available(what: str, choice: RegionChoice, fallback: RegionFallback) -> Unavailable:
@@ -195,19 +182,17 @@ def _none_available(what: str, choice: RegionChoice, fallback: RegionFallback) -
 async def _route_play(request: web.Request, key: StreamKey) -> dict[str, Any]:
     choice = client_region(request, "play")
     # Deliberately no registry.lookup: an edge answers StreamNotFound itself, and routing stays one read.
-    edges = await request.app[NODE_LISTS_KEY].get("edge")
-    fallback = request.app[FALLBACK_KEY]
-    edge = choose_edge(str(key), edges, choice.region, epsilon=request.app[EPSILON_KEY], fallback=fallback)
+    edge = await request.app[EDGES_KEY].choose(str(key), choice.region)
     if edge is None:
-        raise _none_available("edge available to play from", choice, fallback)
-    return _edge_answer(key, edge, choice)
+        raise _none_available("edge available to play from", choice, request.app[FALLBACK_KEY])
+    return _edge_answer(key, edge, choice, play_token(request))
 
 
 async def route_publish(request: web.Request) -> web.Response:
     key = parse_stream(request.query.get("stream"))
     choice = client_region(request, "publish")
     registry = request.app[REGISTRY_KEY]
-    claim, origins = await asyncio.gather(registry.lookup(str(key)), request.app[NODE_LISTS_KEY].get("origin"))
+    claim, origins = await asyncio.gather(registry.lookup(str(key)), request.app[ORIGINS_KEY].get())
     fallback = request.app[FALLBACK_KEY]
     origin = choose_origin(origins, claim, choice.region, fallback)
     if origin is None:
@@ -315,6 +300,10 @@ def make_control_app(
     regions: ClientRegions | None = None,
     proxies: ProxyTrust | None = None,
     region_fallback: Mapping[str, Sequence[str]] | None = None,
+    pending_ttl: float = 3.0,
+    pending_interval: float = 0.005,
+    pending_lag: float = 0.3,
+    node_list_max_age: float = 0.1,
 ) -> web.Application:
     """The control plane app. The registry is started with the app; it is closed on shutdown unless
     close_registry is False (for a registry the caller shares with other components and closes itself).
@@ -322,18 +311,43 @@ def make_control_app(
     `regions` places clients that name no region (none given: only ?region= does, as before); the app
     owns it and closes it on shutdown. `proxies` says whose X-Forwarded-For/Forwarded to believe (none
     given: nobody's). `region_fallback` lists, per region, where its clients go when it has no healthy
-    node (control.routing.in_region).
+    node (common.placement.choice.in_region). Viewers routed to an edge since its last heartbeat count
+    on top of its reported load for `pending_ttl` seconds at most, shared with the other replicas through
+    the registry's pending counters (common.registry.pending), exchanged every `pending_interval`; 0 turns
+    that off. A new heartbeat keeps the decisions of the last `pending_lag` seconds before it (viewers not
+    connected yet; common.placement.unreported). The edges' node list is routed on for `node_list_max_age`
+    seconds (0: read for every burst).
     """
     if epsilon < 0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")
     app = web.Application(middlewares=[errors_middleware])
     app[REGISTRY_KEY] = registry
+    for name, value in (
+        ("pending_ttl", pending_ttl),
+        ("pending_interval", pending_interval),
+        ("pending_lag", pending_lag),
+        ("node_list_max_age", node_list_max_age),
+    ):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
     app[EPSILON_KEY] = float(epsilon)
-    app[NODE_LISTS_KEY] = NodeLists(registry)
     app[REGIONS_KEY] = ClientRegions() if regions is None else regions
     app[PROXIES_KEY] = ProxyTrust() if proxies is None else proxies
-    app[FALLBACK_KEY] = dict(region_fallback or {})
-    app[METRICS_KEY] = ControlMetrics()
+    app[FALLBACK_KEY] = fallback = dict(region_fallback or {})
+    app[METRICS_KEY] = control_metrics = ControlMetrics()
+    app[PENDING_KEY] = pending = open_pending_counts(registry)
+    app[ORIGINS_KEY] = Coalesced(lambda: registry.nodes("origin"))
+    app[EDGES_KEY] = EdgeRouting(
+        registry,
+        pending,
+        control_metrics,
+        epsilon=epsilon,
+        fallback=fallback,
+        pending_ttl=pending_ttl,
+        pending_interval=pending_interval,
+        pending_lag=pending_lag,
+        node_list_max_age=node_list_max_age,
+    )
 
     async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         await registry.start()
@@ -343,15 +357,24 @@ def make_control_app(
             if close_registry:
                 await registry.close()
 
+    async def pending_ctx(app: web.Application) -> AsyncIterator[None]:
+        await pending.start()
+        try:
+            yield
+        finally:
+            await pending.close()
+
     async def node_lists_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
-        await app[NODE_LISTS_KEY].close()
+        await app[ORIGINS_KEY].close()
+        await app[EDGES_KEY].close()
 
     async def regions_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         app[REGIONS_KEY].close()
 
     app.cleanup_ctx.append(registry_ctx)
+    app.cleanup_ctx.append(pending_ctx)
     app.cleanup_ctx.append(node_lists_ctx)
     app.cleanup_ctx.append(regions_ctx)
     app.router.add_get("/", status_page)

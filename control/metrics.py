@@ -21,13 +21,24 @@ class ControlMetrics:
             ["route", "source"],
             registry=self.registry,
         )
+        self._pending_exchanges = Counter(
+            "livecdn_control_pending_exchanges",
+            "Exchanges of pending counts with the registry (viewers routed since each edge's last heartbeat)",
+            ["result"],
+            registry=self.registry,
+        )
         # Every series from the start at 0, so a rate() sees the first request of each.
         for route in ROUTES:
             for source in RegionSource:
                 self._region_source.labels(route, source.value)
+        for result in ("ok", "error"):
+            self._pending_exchanges.labels(result)
 
     def region_decided(self, route: str, source: RegionSource) -> None:
         self._region_source.labels(route, source.value).inc()
+
+    def pending_exchanged(self, ok: bool) -> None:
+        self._pending_exchanges.labels("ok" if ok else "error").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
+from common.placement.choice import ANY_REGION
 from common.runtime.config import HostPort, HostPortSetting, Settings
 
 
@@ -24,6 +25,32 @@ class ControlSettings(Settings):
     http: HostPortSetting = Field(default=HostPort("127.0.0.1", 8000), description="HTTP listen address")
     epsilon: float = Field(
         default=0.25, ge=0, description="bounded-load slack: no edge above (1+epsilon) x the average viewers"
+    )
+    # Viewers routed since an edge's last heartbeat count on top of its reported load (a flash crowd
+    # arrives within one heartbeat). A count lapses this long after its last addition; it must outlive
+    # an edge's heartbeat period, and the edges' node_ttl (3 s) is the longest a live one can have.
+    pending_ttl: float = Field(
+        default=3.0,
+        ge=0,
+        le=3600,
+        description="seconds a count of viewers routed to an edge since its last heartbeat lives (0: off)",
+    )
+    pending_interval: float = Field(
+        default=0.005,
+        ge=0,
+        le=1,
+        description="seconds between exchanges of those counts with the registry (replicas see each other's so late)",
+    )
+    pending_lag: float = Field(
+        default=0.3,
+        ge=0,
+        le=10,
+        description="seconds a heartbeat lags the viewers routed to its edge: their connect time + node_list_max_age",
+    )
+    # Heartbeats change the node list once a second; reading and parsing it for every burst of requests
+    # is most of what routing costs on a large cluster.
+    node_list_max_age: float = Field(
+        default=0.1, ge=0, le=10, description="seconds a node list read from the registry is routed on (0: every burst)"
     )
     # Where a client is, when it does not say (?region=): its address in the operator's ranges, then the
     # GeoIP database, then the default. The list and table settings are parsed here, once; NoDecode keeps
@@ -80,7 +107,6 @@ class ControlSettings(Settings):
 # -- the control plane's region settings: syntax, parsed once at start-up -------------------------------
 
 REGION_NAME: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")  # what a node's region may be
-ANY_REGION: Final = "*"  # in region_fallback: after the listed regions, any region
 GEOIP_COUNTRY: Final = "country:"  # geoip_regions keys, normalized: country:DE, continent:EU
 GEOIP_CONTINENT: Final = "continent:"
 CONTINENTS: Final = frozenset({"AF", "AN", "AS", "EU", "NA", "OC", "SA"})  # GeoIP continent codes

@@ -26,10 +26,12 @@ from common.rtmp.events import MediaReceived
 from common.rtmp.session import SessionLimits
 from common.serving.client import RtmpClient, RtmpClientError
 from common.serving.policy import SourceUnavailable
+from common.signing import PULL, sign
 from edge.upstream import Resolver, Upstream
 
 log = logging.getLogger(__name__)
 
+PULL_TOKEN_TTL = 60  # seconds: checked once, when the upstream accepts the play
 _ENDED_CODES = ("NetStream.Play.Stop", "NetStream.Play.UnpublishNotify")
 _MOVED = "the stream moved to a newer owner"
 
@@ -42,6 +44,7 @@ class PullSettings:
     reconnect_window: float  # seconds a lost upstream is retried with no source before viewers are told
     upstream_timeout: float = 5.0  # seconds without media after which a pull is abandoned and re-resolved
     publish_grace: float = 10.0  # seconds viewers wait once the stream is unpublished everywhere
+    cluster_secret: str | None = None  # proves to the upstream that this is an edge (a signed pull token)
 
 
 class Outcome(enum.Enum):
@@ -223,7 +226,7 @@ class Puller:
         if upstream is None:
             return Outcome.MISSING
         try:
-            client = await RtmpClient.connect(upstream.url, limits=self.settings.limits)
+            client = await RtmpClient.connect(self._with_pull_token(upstream.url), limits=self.settings.limits)
         except (OSError, TimeoutError, RtmpClientError) as exc:
             log.warning("%s: cannot connect to upstream %s: %s", self.key, upstream.url, exc)
             return Outcome.UNREACHABLE
@@ -279,6 +282,14 @@ class Puller:
                 async with asyncio.timeout(timeout - quiet):
                     await asyncio.shield(client.closed)
         return client.closed.result()
+
+    def _with_pull_token(self, url: str) -> str:
+        """The upstream URL with a short-lived pull token (never a viewer's token: those stay here)."""
+        secret = self.settings.cluster_secret
+        if secret is None:
+            return url
+        token = sign(secret, PULL, self.key, int(time.time()) + PULL_TOKEN_TTL)
+        return f"{url}{'&' if '?' in url else '?'}{token}"
 
     def _on_media(self, event: MediaReceived) -> None:
         self._last_media = time.monotonic()

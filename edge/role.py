@@ -14,7 +14,7 @@ from common.backoff import Backoff
 from common.hub.stream import Stream
 from common.keys import StreamKey
 from common.registry import Registry, RegistryError
-from common.runtime.config import EdgeSettings
+from common.runtime.config import EdgeSettings, secret
 from common.runtime.role import CleanupContext, NodeContext
 from common.serving.policy import Rejected
 from edge.puller import PullManager, PullSettings
@@ -34,6 +34,7 @@ def make_resolver(settings: EdgeSettings, registry: Registry) -> Resolver:
 class EdgeRole:
     name = "edge"
     accepts_publishes = False
+    viewers_through_edges = False
 
     def __init__(self, ctx: NodeContext) -> None:
         settings = ctx.settings
@@ -50,6 +51,7 @@ class EdgeRole:
                 settings.reconnect_window,
                 settings.upstream_timeout,
                 settings.publish_grace,
+                secret(settings.cluster_secret),
             ),
         )
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Protocol
 
 from common.keys import StreamKey
+from common.placement.hashing import rendezvous_weight
 from common.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -76,5 +76,6 @@ class ParentTierResolver:
         if not parents:
             log.warning("no live edge in parent region %s for %s", self.parent_region, key)
             return None
-        best = max(parents, key=lambda n: hashlib.blake2b(f"{n.id}|{key}".encode(), digest_size=8).digest())
+        # Rendezvous hashing, the one implementation (the cluster simulation runs the same function).
+        best = max(parents, key=lambda n: rendezvous_weight(n.id, str(key)))
         return Upstream(f"rtmp://{best.rtmp}/{key}")  # the parent follows the owner; no epoch to track here

@@ -7,17 +7,22 @@ role's node (or the control plane), and runs it.
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
 
+from common import signing
+from common.keys import StreamKey
 from common.redact import redact_url
 from common.runtime.config import (
     REGISTRY_HELP,
     ConfigError,
     EdgeSettings,
     NodeSettings,
+    OriginSettings,
     Settings,
     check_registry_url,
     load_settings,
@@ -31,7 +36,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 S = TypeVar("S", bound=Settings)
 
 
-def _apply(func: F, options: list[Callable[[F], F]]) -> F:
+def _apply(func: F, options: Sequence[Callable[[Any], Any]]) -> F:
     for option in reversed(options):
         func = option(func)
     return func
@@ -64,8 +69,24 @@ def node_options(func: F) -> F:
             click.option("--region", help="region of this node [LIVECDN_REGION, default 'default']"),
             click.option("--node-id", help="stable node id [LIVECDN_NODE_ID, default random]"),
             click.option("--advertise-host", help="host others reach this node at [LIVECDN_ADVERTISE_HOST]"),
+            *secret_options("play-secret", "signs play tokens; set: viewers need one"),
+            *secret_options("cluster-secret", "edges present it to their upstream; signs webhooks"),
+            *secret_options("admin-token", "bearer token of the admin API (drain, kick)"),
         ],
     )
+
+
+def secret_options(name: str, what: str) -> list[Callable[[Any], Any]]:
+    """--NAME and --NAME-file. A flag shows in the process list: prefer the variable or the file."""
+    env = "LIVECDN_" + name.upper().replace("-", "_")
+    return [
+        click.option(f"--{name}", help=f"{what} [{env}; better: {env}_FILE or --{name}-file]"),
+        click.option(f"--{name}-file", type=click.Path(dir_okay=False), help=f"read {name} from a file [{env}_FILE]"),
+    ]
+
+
+def _publish_secret_options(func: F) -> F:
+    return _apply(func, secret_options("publish-secret", "signs publish URLs (livecdn sign)"))
 
 
 def _settings(cls: type[S], config_file: str | None, **flags: Any) -> S:
@@ -87,6 +108,19 @@ def _run_node(settings: NodeSettings, role: RoleFactory) -> None:
     run_forever(serve(Node(settings, role)))
 
 
+def _refuse_an_island(registry: str, who: str, would_miss: str, instead: str = "") -> None:
+    """memory:// cannot span processes: an edge or control plane started on its own with it would start
+    fine and never see anyone. (`livecdn up` builds its nodes in one process and shares one registry, so this
+    check lives here, in the commands that start one process, not in the Node class.)"""
+    if registry.startswith("memory://"):
+        raise click.UsageError(
+            f"registry (--registry / LIVECDN_REGISTRY) is {registry}, which lives inside this one process: "
+            f"{who} would never see {would_miss} started as other processes. Use a shared registry, "
+            f"--registry redis://HOST:PORT/DB or consul://HOST:PORT (or LIVECDN_REGISTRY){instead}, or run a whole "
+            "local cluster in one process with `livecdn up`."
+        )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """livecdn: a live-video CDN of RTMP origins and edges."""
@@ -94,11 +128,19 @@ def cli() -> None:
 
 @cli.command()
 @node_options
+@_publish_secret_options
+@click.option("--on-publish", help="webhook URL asked (POST) before each publish; 2xx allows [LIVECDN_ON_PUBLISH]")
+@click.option(
+    "--open-publish",
+    is_flag=True,
+    default=None,
+    help="let ANYONE publish any stream: no publish auth [LIVECDN_OPEN_PUBLISH]",
+)
 def origin(config_file: str | None, **flags: Any) -> None:
     """Run an origin node: accepts publishes, claims them in the registry, serves plays."""
     from origin.role import OriginRole
 
-    _run_node(_settings(NodeSettings, config_file, **flags), OriginRole)
+    _run_node(_settings(OriginSettings, config_file, **flags), OriginRole)
 
 
 @cli.command()
@@ -110,7 +152,12 @@ def edge(config_file: str | None, **flags: Any) -> None:
     """Run an edge node: pulls each stream once on demand and fans it out to viewers."""
     from edge.role import EdgeRole
 
-    _run_node(_settings(EdgeSettings, config_file, **flags), EdgeRole)
+    settings = _settings(EdgeSettings, config_file, **flags)
+    if not settings.upstream:  # a static upstream needs no registry; origins and parent edges do
+        _refuse_an_island(
+            settings.registry, "this edge", "the origins (or parent edges)", ", give it a static --upstream"
+        )
+    _run_node(settings, EdgeRole)
 
 
 @cli.command()
@@ -148,6 +195,7 @@ def control(config_file: str | None, **flags: Any) -> None:
     from control.node import serve_control
 
     settings = _settings(ControlSettings, config_file, **flags)
+    _refuse_an_island(settings.registry, "the control plane", "the origins and edges")
     configure_logging(settings.log_level)
     registry = redact_url(settings.registry)
 
@@ -195,14 +243,56 @@ def control(config_file: str | None, **flags: Any) -> None:
     help="seconds an edge keeps a pull after its last viewer",
 )
 @click.option("--log-level", envvar="LIVECDN_LOG_LEVEL", default="info", show_default=True)
-def up(host: str, rtmp_port: int, http_port: int, registry: str, idle_grace: float, log_level: str) -> None:
+@click.option(
+    "--publish-secret",
+    envvar="LIVECDN_PUBLISH_SECRET",
+    help="signs publish URLs [LIVECDN_PUBLISH_SECRET; default: generated for this run, never printed]",
+)
+def up(
+    host: str,
+    rtmp_port: int,
+    http_port: int,
+    registry: str,
+    idle_grace: float,
+    log_level: str,
+    publish_secret: str | None,
+) -> None:
     """Start a whole local cluster: origin, two edges in two regions, control plane."""
     from livecdn.up import UpOptions
     from livecdn.up import up as run_up
 
     configure_logging(log_level)
-    options = UpOptions(host=host, rtmp_port=rtmp_port, http_port=http_port, registry=registry, idle_grace=idle_grace)
+    options = UpOptions(
+        host=host,
+        rtmp_port=rtmp_port,
+        http_port=http_port,
+        registry=registry,
+        idle_grace=idle_grace,
+        publish_secret=publish_secret,
+    )
     run_forever(run_up(options))
+
+
+@cli.command()
+@click.option("--secret", help="the secret to sign with [default: LIVECDN_PUBLISH_SECRET or LIVECDN_PLAY_SECRET]")
+@click.option("--stream", required=True, help="APP/NAME")
+@click.option("--ttl", type=click.IntRange(1, 10 * 365 * 86400), default=3600, show_default=True, help="seconds")
+@click.option("--action", type=click.Choice(["publish", "play"]), default="publish", show_default=True)
+def sign(secret: str | None, stream: str, ttl: int, action: str) -> None:
+    """Print the query string that lets a URL publish or play STREAM for TTL seconds:
+
+    ffmpeg ... -f flv "rtmp://HOST/live/x?$(livecdn sign --stream live/x --ttl 3600)"
+    """
+    secret = secret or os.environ.get(f"LIVECDN_{action.upper()}_SECRET")
+    if not secret:
+        raise click.UsageError(f"no secret: pass --secret or set LIVECDN_{action.upper()}_SECRET")
+    try:
+        key = StreamKey.parse(stream)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--stream") from None
+    if not key.valid:
+        raise click.BadParameter(f"invalid stream {stream!r}", param_hint="--stream")
+    click.echo(signing.sign(secret, action, key, int(time.time()) + ttl))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -6,13 +6,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from pydantic import SecretStr
 
+from common import signing
+from common.keys import StreamKey
+from common.redact import redact_url
 from common.registry import open_registry
-from common.runtime.config import EdgeSettings, HostPort, NodeSettings
+from common.runtime.config import EdgeSettings, HostPort, OriginSettings
 from common.runtime.node import Node
 from common.runtime.run import start_node, stop_on_signals
 from control.node import serve_control
@@ -31,6 +37,24 @@ class UpOptions:
     registry: str = "memory://"
     regions: tuple[str, str] = ("eu", "us")
     idle_grace: float = 15.0
+    publish_secret: str | None = None  # None: one is generated for this run (and never printed)
+    demo_stream: str = "live/demo"  # the stream the banner's signed publish URL is for
+    demo_ttl: int = 24 * 3600  # seconds that URL stays valid
+
+
+@dataclass(frozen=True)
+class Secrets:
+    publish: str
+    cluster: str
+    generated: bool
+
+    @classmethod
+    def for_run(cls, options: UpOptions) -> Secrets:
+        return cls(
+            publish=options.publish_secret or secrets.token_urlsafe(32),
+            cluster=secrets.token_urlsafe(32),
+            generated=options.publish_secret is None,
+        )
 
 
 def _port(base: int, offset: int) -> int:
@@ -43,14 +67,18 @@ async def up(options: UpOptions, stop: asyncio.Event | None = None) -> None:
     registry = open_registry(options.registry)
     host = options.host
     first, second = options.regions
+    keys = Secrets.for_run(options)
+    cluster_secret = SecretStr(keys.cluster)
     nodes: list[Node] = [
         Node(
-            NodeSettings(
+            OriginSettings(
                 rtmp=HostPort(host, _port(options.rtmp_port, 0)),
                 http=HostPort(host, _port(options.http_port, 1)),
                 registry=options.registry,
                 region=first,
                 node_id="origin-1",
+                publish_secret=SecretStr(keys.publish),
+                cluster_secret=cluster_secret,
             ),
             OriginRole,
             registry,
@@ -66,6 +94,7 @@ async def up(options: UpOptions, stop: asyncio.Event | None = None) -> None:
                     region=region,
                     node_id=f"edge-{region}-1",
                     idle_grace=options.idle_grace,
+                    cluster_secret=cluster_secret,
                 ),
                 EdgeRole,
                 registry,
@@ -90,7 +119,7 @@ async def up(options: UpOptions, stop: asyncio.Event | None = None) -> None:
         done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if control in done:
             control.result()  # raises what stopped it
-        print(_banner(nodes, control_url.result(), options), flush=True)
+        print(_banner(nodes, control_url.result(), options, keys), flush=True)
         await stop.wait()
         log.info("shutting down the local cluster")
     finally:
@@ -101,13 +130,21 @@ async def up(options: UpOptions, stop: asyncio.Event | None = None) -> None:
             await control
 
 
-def _banner(nodes: list[Node], control: str, options: UpOptions) -> str:
+def _banner(nodes: list[Node], control: str, options: UpOptions, keys: Secrets) -> str:
     origin, *edges = nodes
     where = f"origin {origin.settings.node_id}, region {origin.settings.region}"
+    demo = StreamKey.parse(options.demo_stream)
+    signed = signing.sign(keys.publish, signing.PUBLISH, demo, int(time.time()) + options.demo_ttl)
+    how = (
+        "the publish secret was generated for this run; set LIVECDN_PUBLISH_SECRET to sign your own URLs"
+        if keys.generated
+        else "sign URLs for other names: livecdn sign --stream live/NAME (with LIVECDN_PUBLISH_SECRET)"
+    )
     lines = [
-        f"livecdn up: a local cluster (registry {options.registry})",
+        f"livecdn up: a local cluster (registry {redact_url(options.registry)})",
         f"  control:  {control}/   (status page; {control}/v1/nodes, {control}/v1/streams)",
-        f"  publish:  {origin.addresses.rtmp_url()}   ({where})",
+        f"  publish:  {origin.addresses.rtmp_url(demo.app, demo.name)}?{signed}",
+        f"            ({where}; signed for {demo}, valid {options.demo_ttl // 3600} h; {how})",
     ]
     for index, edge in enumerate(edges):
         label = "  play:     " if index == 0 else "            "
@@ -117,6 +154,6 @@ def _banner(nodes: list[Node], control: str, options: UpOptions) -> str:
         )
     lines += [
         f"  route:    {control}/v1/route/play?stream=live/STREAM&region={edges[-1].settings.region}",
-        "  Replace STREAM with any name. Ctrl-C stops everything.",
+        f"  Replace STREAM with {demo.name} (or a name you signed). Ctrl-C stops everything.",
     ]
     return "\n".join(lines)

@@ -193,3 +193,61 @@ def swarm(
         click.echo(f"report written to {json_path}")
     if report.viewers_connected == 0:
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--viewers", type=click.IntRange(1, 10_000_000), default=1_000_000, show_default=True)
+@click.option("--streams", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
+@click.option("--zipf", type=click.FloatRange(0, 5), default=1.0, show_default=True, help="popularity exponent")
+@click.option("--edges", type=click.IntRange(1, 100_000), default=200, show_default=True)
+@click.option("--regions", type=click.IntRange(1, 8), default=5, show_default=True)
+@click.option("--mid-tier", type=click.IntRange(0, 1000), default=4, show_default=True, help="per region; 0: none")
+@click.option("--replicas", type=click.IntRange(1, 100), default=2, show_default=True, help="control-plane replicas")
+@click.option("--duration", type=click.FloatRange(2, 3600), default=60.0, show_default=True, help="s of joins")
+@click.option("--burst-share", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="in flash crowds")
+@click.option("--watch-mean", type=click.FloatRange(1, 1e6), default=300.0, show_default=True, help="s watched")
+@click.option("--epsilon", type=click.FloatRange(0, 10), default=0.25, show_default=True)
+@click.option("--connect-delay", type=click.FloatRange(0, 10), default=0.2, show_default=True)
+@click.option("--pending/--no-pending", default=True, show_default=True, help="count routed, unreported viewers")
+@click.option("--shared/--per-replica", default=True, show_default=True, help="replicas share those counts")
+@click.option(
+    "--balancer",
+    type=click.Choice(["round-robin", "stream"]),
+    default="round-robin",
+    show_default=True,
+    help="how requests reach the replicas (stream: hashed on the stream's name)",
+)
+@click.option("--lag", type=click.FloatRange(0, 10), default=0.3, show_default=True, help="pending_lag, s")
+@click.option("--outage", default=None, help="REGION:START:END: that region's edges drain meanwhile")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def simulate(json_path: Path | None, **options: Any) -> None:
+    """Simulate the cluster at scale: viewers routed one by one by the real routing code (no network)."""
+    from loadtest.simulate import simulate as run
+    from loadtest.simulate_config import SimConfig
+
+    try:
+        config = SimConfig(**options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    report = run(config, progress=lambda line: click.echo(line, err=True))
+    click.echo(report.table())
+    if json_path is not None:
+        report.write_json(json_path)
+        click.echo(f"report written to {json_path}")
+
+
+@cli.command("heartbeat-edges")
+@click.argument("registry")
+@click.option("--edges", type=click.IntRange(1, 10_000), default=3, show_default=True)
+@click.option("--regions", type=click.IntRange(1, 8), default=1, show_default=True)
+@click.option("--duration", type=click.FloatRange(1, 3600), default=60.0, show_default=True, help="seconds")
+def heartbeat_edges(registry: str, edges: int, regions: int, duration: float) -> None:
+    """Register EDGES fake edges in REGISTRY (redis://...) and heartbeat them every second, for routing
+    benchmarks of the control plane (no media: their addresses lead nowhere)."""
+    from loadtest.fake_edges import heartbeat_fake_edges
+
+    try:
+        run_async(heartbeat_fake_edges(registry, edges, regions, duration))
+    except asyncio.CancelledError:
+        pass

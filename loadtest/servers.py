@@ -61,7 +61,14 @@ class ServerUnderTest:
 
 
 def start_livecdn(workdir: Path, node_core: int | None, load_core: int | None, merge_window: float) -> ServerUnderTest:
-    env = {**os.environ, "LIVECDN_LOG_LEVEL": "warning"}
+    # A benchmark: open publishing, and thousands of viewers from one address with no connection limit.
+    env = {
+        **os.environ,
+        "LIVECDN_LOG_LEVEL": "warning",
+        "LIVECDN_OPEN_PUBLISH": "true",
+        "LIVECDN_MAX_CONNECTIONS": "0",
+        "LIVECDN_MAX_CONNECTIONS_PER_IP": "0",
+    }
     # Only the edge under test merges writes: the origin's one viewer is the edge's pull, and a window
     # there would add its latency to every viewer's.
     edge_env = {**env, "LIVECDN_MERGE_WINDOW": str(merge_window)}

@@ -13,9 +13,11 @@ from aiohttp import web
 from common.hub.stream import Stream
 from common.keys import StreamKey
 from common.registry import RegistryError, StreamClaim
+from common.runtime.config import OriginSettings
 from common.runtime.role import CleanupContext, NodeContext
 from common.serving.policy import Rejected
 from origin.liveness import why_owner_is_gone
+from origin.publish_auth import PublishAuth
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +25,19 @@ log = logging.getLogger(__name__)
 class OriginRole:
     name = "origin"
     accepts_publishes = True
+    viewers_through_edges = True
 
     def __init__(self, ctx: NodeContext) -> None:
+        if not isinstance(ctx.settings, OriginSettings):
+            raise TypeError("an origin needs OriginSettings")
         self.ctx = ctx
+        self.auth = PublishAuth(ctx.settings)
         self.claims: dict[StreamKey, StreamClaim] = {}
 
     # -- the stream policy ---------------------------------------------------------------------------
 
     async def admit_publisher(self, stream: Stream, query: str, peer: str) -> None:
+        await self.auth.check(stream.key, query, peer)  # before anything is claimed
         try:
             async with asyncio.timeout(5):
                 claim, holder = await self._take(stream.key, self.ctx.addresses.rtmp_url(stream.app, stream.name))
@@ -145,6 +152,7 @@ class OriginRole:
             renewals.cancel()
             await asyncio.gather(renewals, return_exceptions=True)
             await self.release_all()
+            await self.auth.close()
 
     async def _renew_loop(self) -> None:
         interval = self.ctx.settings.claim_ttl / 3

@@ -48,6 +48,10 @@ def http_json(url: str, timeout: float = 2.0) -> Any:
         return json.loads(response.read())
 
 
+# Tests about something else publish without signing URLs; the auth tests set secrets (and this aside).
+OPEN_BY_DEFAULT = {"origin": {"LIVECDN_OPEN_PUBLISH": "true"}}
+
+
 @dataclass
 class NodeProcess:
     """A livecdn node started as `python -m livecdn <role>` on free loopback ports; stopped by its PID."""
@@ -80,7 +84,7 @@ class NodeProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, **self.env},
+            env={**os.environ, **OPEN_BY_DEFAULT.get(self.role, {}), **self.env},
         )
         wait_for(lambda: http_json(self.http + "/healthz")["status"] == "ok", 15, f"{self.role} to come up")
         return self

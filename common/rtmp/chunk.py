@@ -80,6 +80,7 @@ class ChunkReader:
         max_chunk_size: int = 65536,
         max_message_size: int = 16 * 1024 * 1024,
         max_chunk_streams: int = 64,
+        min_chunk_size: int = 1,
     ) -> None:
         if not 1 <= max_chunk_size <= MAX_CHUNK_SIZE_LIMIT:
             raise ValueError(f"max_chunk_size must be in 1..{MAX_CHUNK_SIZE_LIMIT}, got {max_chunk_size}")
@@ -87,7 +88,10 @@ class ChunkReader:
             raise ValueError(f"max_message_size must be >= 0, got {max_message_size}")
         if max_chunk_streams < 1:
             raise ValueError(f"max_chunk_streams must be >= 1, got {max_chunk_streams}")
+        if not 1 <= min_chunk_size <= max_chunk_size:
+            raise ValueError(f"min_chunk_size must be in 1..max_chunk_size, got {min_chunk_size}")
         self.max_chunk_size = max_chunk_size
+        self.min_chunk_size = min_chunk_size
         self.max_message_size = max_message_size
         self.max_chunk_streams = max_chunk_streams
         self.chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -255,8 +259,9 @@ class ChunkReader:
         (size,) = _U32BE.unpack_from(payload, 0)
         if size & 0x80000000:
             raise ProtocolError(f"Set Chunk Size value {size:#x} has the reserved top bit set")
-        if size < 1:
-            raise ProtocolError("Set Chunk Size value 0 is invalid")
+        if size < self.min_chunk_size:
+            # Tiny chunks make the parser loop once per few bytes: one peer could hold the event loop.
+            raise ProtocolError(f"Set Chunk Size value {size} is below the minimum of {self.min_chunk_size}")
         if size > self.max_chunk_size:
             raise ProtocolError(f"Set Chunk Size value {size} exceeds the limit of {self.max_chunk_size}")
         self.chunk_size = size

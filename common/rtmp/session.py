@@ -7,6 +7,7 @@ raised anywhere inside is translated once, here, into a ``ConnectionFailed`` eve
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class SessionLimits:
     max_chunk_streams: int = 64  # distinct chunk stream ids per connection
     max_amf_depth: int = 16  # nesting of AMF objects/arrays in commands and metadata
     max_streams: int = 8  # message streams (createStream) per connection
+    min_chunk_size: int = 128  # smallest Set Chunk Size we accept (RTMP's own default); tiny chunks cost CPU
     out_chunk_size: int = 4096  # what we announce with Set Chunk Size before any media
     window_ack_size: int = 2_500_000  # the acknowledgement window we ask the peer to honour
 
@@ -79,8 +81,10 @@ class _Session:
             max_chunk_size=limits.max_chunk_size,
             max_message_size=limits.max_message_size,
             max_chunk_streams=limits.max_chunk_streams,
+            min_chunk_size=min(limits.min_chunk_size, limits.max_chunk_size),
         )
         self._writer = ChunkWriter()
+        self.commands_received = 0  # command messages; the I/O layer bounds their rate
         self._out: list[bytes] = []
         self.failure: str | None = None
         self.bytes_received = 0
@@ -175,9 +179,11 @@ class _Session:
         if type_id in MEDIA_TYPES:
             events.append(MediaReceived(message.stream_id, type_id, message.timestamp, message.payload))
         elif type_id == MessageType.COMMAND_AMF0:
+            self.commands_received += 1
             self._handle_command(message, amf0.decode(message.payload, max_depth=self.limits.max_amf_depth), events)
         elif type_id == MessageType.COMMAND_AMF3:
             # An AMF3 command message is an AMF0 body behind a one-byte format selector.
+            self.commands_received += 1
             values = amf0.decode(message.payload[1:], max_depth=self.limits.max_amf_depth)
             self._handle_command(message, values, events)
         elif type_id == MessageType.AGGREGATE:
@@ -208,7 +214,18 @@ class _Session:
 def _command_parts(values: list[Any]) -> tuple[str, float, Any, list[Any]]:
     if len(values) < 2 or not isinstance(values[0], str) or not isinstance(values[1], float):
         raise ProtocolError("command message must start with a name and a transaction id")
-    return values[0], values[1], values[2] if len(values) > 2 else None, values[3:]
+    transaction = values[1]
+    if not math.isfinite(transaction) or transaction < 0:
+        raise ProtocolError(f"command {values[0]!r} has transaction id {transaction!r}")
+    return values[0], transaction, values[2] if len(values) > 2 else None, values[3:]
+
+
+def _stream_id(value: Any, what: str) -> int:
+    """A message stream id sent as an AMF0 number: a whole number in 0..2^32-1, nothing else (NaN,
+    infinities, fractions and negatives are protocol errors, not exceptions of another type)."""
+    if not isinstance(value, float) or not math.isfinite(value) or value != int(value) or not 0 <= value < 2**32:
+        raise ProtocolError(f"{what} is not a message stream id: {value!r}")
+    return int(value)
 
 
 def _split_aggregate(message: RawMessage) -> Iterator[MediaReceived]:
@@ -235,6 +252,9 @@ def _status(code: str, description: str, level: str = "status", **extra: Any) ->
     return {"level": level, "code": code, "description": description, **extra}
 
 
+MAX_DEFERRED: Final = 32  # messages a client may send behind its connect before it is answered
+
+
 class ServerSession(_Session):
     """The server end of one RTMP connection (origin ingest, viewer serving)."""
 
@@ -248,6 +268,23 @@ class ServerSession(_Session):
         self._connect_transaction: float | None = None
         self._streams: set[int] = set()
         self._next_stream_id = 1
+        # Messages a client sent right behind its connect, before we answered it: handled once it is
+        # accepted, in order, so replies keep their order too. Their events wait in _ready.
+        self._deferred: list[RawMessage] = []
+        self._ready: list[Event] = []
+
+    def take_events(self) -> list[Event]:
+        """Events that became ready outside receive_data (after accept_connect): deliver them next."""
+        ready, self._ready = self._ready, []
+        return ready
+
+    def _handle_message(self, message: RawMessage, events: list[Event]) -> None:
+        if self._connect_transaction is not None and not self.connected:
+            if len(self._deferred) >= MAX_DEFERRED:
+                raise ProtocolError(f"more than {MAX_DEFERRED} messages sent before the connect was answered")
+            self._deferred.append(message)
+            return
+        super()._handle_message(message, events)
 
     # -- decisions the application makes on events -----------------------------------------------
 
@@ -268,6 +305,13 @@ class ServerSession(_Session):
         )
         self._connect_transaction = None
         self.connected = True
+        deferred, self._deferred = self._deferred, []
+        try:
+            for message in deferred:
+                self._handle_message(message, self._ready)
+        except ProtocolError as exc:
+            self.failure = str(exc) or type(exc).__name__
+            self._ready.append(ConnectionFailed(self.failure))
 
     def reject_connect(self, description: str) -> None:
         if self._connect_transaction is None:
@@ -280,6 +324,7 @@ class ServerSession(_Session):
             _status("NetConnection.Connect.Rejected", description, level="error"),
         )
         self._connect_transaction = None
+        self._deferred.clear()
 
     def accept_publish(self, stream_id: int, name: str) -> None:
         self._send_user_control(UserControl.STREAM_BEGIN, stream_id)
@@ -323,7 +368,7 @@ class ServerSession(_Session):
         elif name in ("publish", "play"):
             self._on_publish_or_play(name, message.stream_id, args, events)
         elif name == "deleteStream":
-            stream_id = int(args[0]) if args and isinstance(args[0], float) else message.stream_id
+            stream_id = _stream_id(args[0], "deleteStream argument") if args else message.stream_id
             if stream_id in self._streams:
                 self._streams.discard(stream_id)
                 events.append(StreamDeleted(stream_id))
@@ -459,8 +504,8 @@ class ClientSession(_Session):
                     status = info if isinstance(info, dict) else {}
                     events.append(ConnectRejected(str(status.get("code", "")), str(status.get("description", ""))))
             elif command == "createStream":
-                if name == "_result" and isinstance(info, float) and info >= 1:
-                    events.append(StreamCreated(int(info)))
+                if name == "_result" and isinstance(info, float) and math.isfinite(info) and info >= 1:
+                    events.append(StreamCreated(_stream_id(info, "createStream result")))
                 else:
                     events.append(StatusReceived(0, "error", "NetConnection.Call.Failed", "createStream refused"))
         elif name == "onStatus":

@@ -8,13 +8,16 @@ from typing import Annotated, Any, Final, NamedTuple, TypeVar
 
 from pydantic import (
     AfterValidator,
+    AnyHttpUrl,
     BeforeValidator,
     Field,
+    SecretStr,
     ValidationError,
     model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -53,8 +56,8 @@ def parse_host_port(value: Any) -> HostPort:
     return HostPort(host.strip("[]") or "0.0.0.0", port)
 
 
-REGISTRY_SCHEMES: Final = ("memory://", "redis://", "rediss://")  # what open_registry can open
-REGISTRY_HELP: Final = "memory:// (one process only) or redis://host:port/db"
+REGISTRY_SCHEMES: Final = ("memory://", "redis://", "rediss://", "consul://")  # what open_registry can open
+REGISTRY_HELP: Final = "memory:// (one process only), redis://host:port/db or consul://host:port"
 
 
 def check_registry_url(value: str) -> str:
@@ -63,7 +66,9 @@ def check_registry_url(value: str) -> str:
     return value
 
 
-HostPortSetting = Annotated[HostPort, BeforeValidator(parse_host_port)]
+# NoDecode: a tuple type, which pydantic-settings would otherwise read from LIVECDN_RTMP / LIVECDN_HTTP as
+# JSON; the value is HOST:PORT text, as flags and TOML give it.
+HostPortSetting = Annotated[HostPort, NoDecode, BeforeValidator(parse_host_port)]
 RegistryUrl = Annotated[str, AfterValidator(check_registry_url)]
 
 
@@ -103,6 +108,9 @@ class NodeSettings(Settings):
     chunk_size: int = Field(default=4096, ge=128, le=65536, description="outbound RTMP chunk size")
     max_message_size: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
     max_in_chunk_size: int = Field(default=65536, ge=128, le=16 * 1024 * 1024)
+    min_in_chunk_size: int = Field(
+        default=128, ge=1, le=65536, description="smallest Set Chunk Size accepted from a peer"
+    )
     max_chunk_streams: int = Field(default=64, ge=4, le=65599)
     max_amf_depth: int = Field(default=16, ge=2, le=256)
     gop_max_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
@@ -140,6 +148,34 @@ class NodeSettings(Settings):
     drain_timeout: float = Field(
         default=30.0, ge=0, description="seconds a draining node (SIGTERM, POST /v1/drain) keeps its viewers"
     )
+    # Limits on what one client may hold (docs/SECURITY.md).
+    max_connections: int = Field(
+        default=20_000, ge=0, description="RTMP connections and HTTP-FLV viewers (0: no limit)"
+    )
+    max_connections_per_ip: int = Field(default=1_000, ge=0, description="the same, per client address (0: no limit)")
+    max_commands_per_second: float = Field(
+        default=50.0, gt=0, description="RTMP command messages a connection may send per second (bursts of 2 s)"
+    )
+    max_unsent_bytes: int = Field(
+        default=1024 * 1024, ge=64 * 1024, description="unsent bytes a connection that does not play may pile up"
+    )
+    # Secrets (docs/SECURITY.md): each also from a file, `*_file`, for Docker and Kubernetes secrets.
+    play_secret: SecretStr | None = Field(default=None, description="signs play tokens; set: viewers need one")
+    play_secret_file: Path | None = None
+    cluster_secret: SecretStr | None = Field(
+        default=None, description="edges prove they are edges to their upstream with it; signs webhooks"
+    )
+    cluster_secret_file: Path | None = None
+    admin_token: SecretStr | None = Field(default=None, description="bearer token of the admin API (drain, kick)")
+    admin_token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> NodeSettings:
+        for name in SECRETS:
+            path = getattr(self, f"{name}_file", None)
+            if path is not None and getattr(self, name) is None:
+                setattr(self, name, read_secret(path, name))
+        return self
 
     @model_validator(mode="after")
     def _leases_outlive_their_renewals(self) -> NodeSettings:
@@ -148,6 +184,47 @@ class NodeSettings(Settings):
         if self.node_ttl < 2 * self.heartbeat_interval:
             beat = self.heartbeat_interval
             raise ValueError(f"node_ttl ({self.node_ttl:g}s) must be at least twice heartbeat_interval ({beat:g}s)")
+        return self
+
+
+def read_secret(path: Path, name: str) -> SecretStr:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror or exc}") from None
+    if not text:
+        raise ValueError(f"{name}_file: {path} is empty")
+    return SecretStr(text)
+
+
+SECRETS: Final = ("publish_secret", "play_secret", "cluster_secret", "admin_token")
+
+
+def secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+class OriginSettings(NodeSettings):
+    """Who may publish: a signed URL (publish_secret), a webhook (on_publish), both, or anyone if asked for."""
+
+    publish_secret: SecretStr | None = Field(default=None, description="signs publish URLs (livecdn sign)")
+    publish_secret_file: Path | None = None
+    on_publish: AnyHttpUrl | None = Field(default=None, description="webhook asked before each publish (POST)")
+    on_publish_timeout: float = Field(default=3.0, gt=0, le=30, description="seconds the webhook has to answer")
+    on_publish_fail_open: bool = Field(
+        default=False, description="allow publishes when the webhook cannot be reached (default: refuse them)"
+    )
+    open_publish: bool = Field(default=False, description="let anyone publish any stream (no publish auth)")
+
+    @model_validator(mode="after")
+    def _someone_decides_who_publishes(self) -> OriginSettings:
+        if self.publish_secret is None and self.on_publish is None and not self.open_publish:
+            raise ValueError(
+                "nothing decides who may publish: set publish_secret (signed URLs: livecdn sign) and/or "
+                "on_publish (a webhook), or open_publish=true to let anyone publish"
+            )
+        if self.on_publish is not None and self.cluster_secret is None:
+            raise ValueError("on_publish needs cluster_secret: it signs each webhook request")
         return self
 
 
@@ -187,7 +264,12 @@ def load_settings(cls: type[S], overrides: dict[str, Any] | None = None, config_
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            field = ".".join(str(part) for part in error["loc"])
+            if not field:  # a rule across settings: its message names them
+                lines.append(str(error["msg"]).removeprefix("Value error, "))
+                continue
             flag = "--" + field.replace("_", "-")
-            lines.append(f"{field} ({flag} / LIVECDN_{field.upper()}): {error['msg']} (got {error.get('input')!r})")
+            # The input is never echoed for a secret.
+            got = "" if field in SECRETS or field.endswith("_file") else f" (got {error.get('input')!r})"
+            lines.append(f"{field} ({flag} / LIVECDN_{field.upper()}): {error['msg']}{got}")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None

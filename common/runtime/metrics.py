@@ -40,6 +40,22 @@ class NodeCollector(Collector):
         yield gauge("livecdn_connections", "Open RTMP connections", node["connections"])
         yield counter("livecdn_rtmp_connections", "RTMP connections accepted", node["connections_total"])
         yield counter("livecdn_protocol_errors", "Connections closed for RTMP protocol errors", node["protocol_errors"])
+        yield gauge(
+            "livecdn_bits_out",
+            "Bits per second sent to viewers, averaged over the last heartbeat period",
+            node["bits_out"],
+        )
+        if "pulls_started" in node:  # an edge: its upstream pulls (the dashboard's pull panels)
+            pulling = [s for s in streams if s.get("upstream")]
+            yield counter(
+                "livecdn_pulls_started", "Upstream pulls started (first viewer of a stream)", node["pulls_started"]
+            )
+            yield gauge("livecdn_pulls_active", "Upstream pulls that have an upstream session now", len(pulling))
+            yield gauge(
+                "livecdn_pull_reconnects",
+                "Re-pulls (upstream sessions after the first) of the pulls that are active now",
+                sum(max(0, int(s.get("upstream_connects", 0)) - 1) for s in pulling),
+            )
         yield counter(
             "livecdn_viewer_skips",
             "Times a viewer fell behind and skipped ahead to a key frame",

@@ -31,15 +31,18 @@ from aiohttp import web
 from common.backoff import Backoff
 from common.hub.packet import HubLimits
 from common.hub.stream import Hub
+from common.keys import StreamKey
 from common.redact import redact_url
 from common.registry import NodeInfo, NodeLoad, Registry, RegistryError, open_registry
 from common.rtmp.session import SessionLimits
-from common.runtime.config import HostPort, NodeSettings
+from common.runtime.admin import require_admin
+from common.runtime.config import HostPort, NodeSettings, secret
 from common.runtime.http import make_node_app
 from common.runtime.role import Addresses, NodeContext, RoleFactory
 from common.runtime.tasks import BackgroundTasks
-from common.serving.connection import Timeouts
-from common.serving.httpflv import PLAYBACK_KEY, play_flv
+from common.serving.access import ConnectionLimiter, PlayGate
+from common.serving.connection import Bounds, Timeouts
+from common.serving.httpflv import LIMITER_KEY, PLAYBACK_KEY, play_flv
 from common.serving.playback import Playback
 from common.serving.service import RtmpOptions, RtmpService
 
@@ -66,6 +69,7 @@ def session_limits(settings: NodeSettings) -> SessionLimits:
         max_chunk_streams=settings.max_chunk_streams,
         max_amf_depth=settings.max_amf_depth,
         out_chunk_size=settings.chunk_size,
+        min_chunk_size=settings.min_in_chunk_size,
     )
 
 
@@ -78,10 +82,15 @@ class Node:
         self.tasks = BackgroundTasks()
         limits = session_limits(settings)
         self.role = make_role(NodeContext(settings, self.registry, self.hub, limits, self.addresses, self.tasks))
-        self.playback = Playback(self.hub, self.role)
+        gate = PlayGate(secret(settings.play_secret), secret(settings.cluster_secret), self.role.viewers_through_edges)
+        self.playback = Playback(self.hub, self.role, gate)
+        self.limiter = ConnectionLimiter(settings.max_connections, settings.max_connections_per_ip)
         timeouts = Timeouts(settings.handshake_timeout, settings.idle_timeout, settings.publisher_timeout)
+        bounds = Bounds(settings.max_commands_per_second, settings.max_unsent_bytes)
         self.rtmp = RtmpService(
-            self.playback, RtmpOptions(limits, timeouts, settings.viewer_sndbuf, settings.publish_grace)
+            self.playback,
+            RtmpOptions(limits, timeouts, settings.viewer_sndbuf, settings.publish_grace, bounds),
+            self.limiter,
         )
         self.app = self._make_app()
         self.started_at = time.time()
@@ -129,6 +138,7 @@ class Node:
                 "connections": len(self.rtmp.connections),
                 "connections_total": self.rtmp.connections_total,
                 "protocol_errors": self.rtmp.protocol_errors,
+                "connections_refused": self.rtmp.connections_refused,
                 "bits_out": round(self._bits_out),
                 "draining": self.draining,
                 "viewers": len(self.playback.viewers),
@@ -213,13 +223,25 @@ class Node:
         body = {"draining": True, "started": started, "drain_timeout_s": self.settings.drain_timeout}
         return web.json_response(body, status=202)
 
+    async def _kick_request(self, request: web.Request) -> web.Response:
+        key = StreamKey(request.match_info["app"], request.match_info["name"])
+        stream = self.hub.get(key) if key.valid else None
+        if stream is None or stream.source is None:
+            return web.json_response({"error": f"{key} has no source on this node"}, status=404)
+        log.warning("%s: its source is stopped by the admin API (from %s)", key, request.remote)
+        stream.source.stop(f"kicked by the admin API from {request.remote}")
+        return web.json_response({"stream": str(key), "kicked": True})
+
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def _make_app(self) -> web.Application:
         app = make_node_app(self.stats, self.ready)
         app[PLAYBACK_KEY] = self.playback
+        app[LIMITER_KEY] = self.limiter
         app.router.add_get("/{app}/{name}.flv", play_flv)
-        app.router.add_post("/v1/drain", self._drain_request)
+        admin = secret(self.settings.admin_token)
+        app.router.add_post("/v1/drain", require_admin(admin, self._drain_request))
+        app.router.add_post("/v1/streams/{app}/{name}/kick", require_admin(admin, self._kick_request))
         # on_shutdown, not a cleanup context: aiohttp runs it before it waits (up to a minute) for open
         # request handlers, which HTTP-FLV responses are.
         app.on_shutdown.append(self._let_viewers_go)

@@ -59,6 +59,9 @@ class NodeContext:
 
 class Role(StreamPolicy, Protocol):
     name: str  # "origin" | "edge": the role in the registry, /v1/stats and the banner
+    # Viewers are meant to come through edges: with a cluster secret, only edges (and viewers holding a
+    # play token) may play here.
+    viewers_through_edges: bool
 
     def contexts(self) -> list[CleanupContext]:
         """The role's resources, started after the RTMP listener opens and stopped (in reverse) before it

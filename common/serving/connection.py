@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 from common.hub.packet import RTMP
 from common.hub.stream import Stream
@@ -36,11 +36,23 @@ class Timeouts:
         return min(self.idle, self.publisher / 2, 5.0)
 
 
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """What one connection may cost the node beyond the protocol's own limits."""
+
+    commands_per_second: float = 50.0  # sustained; bursts of BURST_SECONDS worth are allowed
+    max_unsent: int = 1024 * 1024  # bytes queued for a peer that does not read (players have their own limits)
+
+
+BURST_SECONDS: Final = 2.0
+
+
 class ConnectionHandler(Protocol):
     """What a connection needs from the service that gives its events meaning."""
 
     session_limits: SessionLimits
     timeouts: Timeouts
+    bounds: Bounds
 
     def connection_opened(self, conn: RtmpServerProtocol) -> None: ...
     def connection_closed(self, conn: RtmpServerProtocol) -> None: ...
@@ -94,6 +106,10 @@ class RtmpServerProtocol(asyncio.Protocol):
         self._waiting: asyncio.Future[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._check_due = 0.0
+        self.address = "?"  # the client's IP address
+        self._commands_paid = 0
+        self._command_budget = service.bounds.commands_per_second * BURST_SECONDS
+        self._budget_at = self.opened_at
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
 
@@ -101,13 +117,18 @@ class RtmpServerProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.address = str(peer[0]) if isinstance(peer, tuple) else self.peer
         self.service.connection_opened(self)
+        if self.closed:  # refused at the door (a connection limit)
+            return
         timeouts = self.service.timeouts
         self._check_in(min(timeouts.handshake, timeouts.check_every))
 
     def data_received(self, data: bytes) -> None:
-        self.last_received = time.monotonic()
+        now = self.last_received = time.monotonic()
         events = self.session.receive_data(data)
+        if self.session.commands_received > self._commands_paid and self._over_command_budget(now):
+            events = [ConnectionFailed(f"more than {self.service.bounds.commands_per_second:g} commands per second")]
         self.flush()
         if self._waiting is not None:
             self._pending.extend(events)
@@ -124,6 +145,15 @@ class RtmpServerProtocol(asyncio.Protocol):
             self._waiting.cancel()
         self.service.connection_closed(self)
 
+    def _over_command_budget(self, now: float) -> bool:
+        """A token bucket over the session's command count: commands cost the node CPU and replies."""
+        rate = self.service.bounds.commands_per_second
+        self._command_budget = min(rate * BURST_SECONDS, self._command_budget + (now - self._budget_at) * rate)
+        self._budget_at = now
+        self._command_budget -= self.session.commands_received - self._commands_paid
+        self._commands_paid = self.session.commands_received
+        return self._command_budget < 0
+
     # -- driving the service ---------------------------------------------------------------------
 
     def _dispatch(self, events: list[Event] | deque[Event]) -> None:
@@ -135,6 +165,9 @@ class RtmpServerProtocol(asyncio.Protocol):
                 self.close(f"protocol error: {event.reason}")
                 return
             waiter = self.service.handle(self, event)
+            ready = self.session.take_events()  # what accepting a connect released, before what came after
+            if ready:
+                queue.extendleft(reversed(ready))
             self.flush()
             if waiter is not None:
                 self._wait(waiter, queue)
@@ -200,6 +233,11 @@ class RtmpServerProtocol(asyncio.Protocol):
         data = self.session.data_to_send()
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
+            if self.viewer is None and self.transport.get_write_buffer_size() > self.service.bounds.max_unsent:
+                # A peer that sends commands and never reads the replies: it must not grow our memory.
+                reason = f"peer does not read: over {self.service.bounds.max_unsent} unsent bytes"
+                self.service.protocol_error(self, reason)
+                self.abort(reason)
 
     def close(self, reason: str) -> None:
         """Flush what the session owes the peer, then close; connection_lost does the cleanup."""

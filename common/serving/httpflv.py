@@ -15,12 +15,14 @@ from common.hub.packet import FLV, http_chunk
 from common.hub.stream import Stream
 from common.keys import StreamKey
 from common.media.flv import flv_file_header
+from common.serving.access import ConnectionLimiter
 from common.serving.playback import Playback
 from common.serving.policy import Rejected, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
 PLAYBACK_KEY = web.AppKey("playback", Playback)
+LIMITER_KEY = web.AppKey("connection_limiter", ConnectionLimiter)
 
 
 class FlvViewer:
@@ -73,12 +75,25 @@ async def play_flv(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     if transport is None:
         raise web.HTTPServiceUnavailable()
+    limiter = request.app[LIMITER_KEY]
+    address = request.remote or "?"
+    refused = limiter.acquire(address)
+    if refused is not None:
+        raise web.HTTPServiceUnavailable(text=f"{refused}\n", headers={"Retry-After": "5"})
+    try:
+        return await _stream_flv(request, playback, stream, transport, address)
+    finally:
+        limiter.release(address)
+
+
+async def _stream_flv(
+    request: web.Request, playback: Playback, stream: Stream, transport: asyncio.Transport, peer: str
+) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "video/x-flv", "Cache-Control": "no-cache", "Access-Control-Allow-Origin": "*"}
     )
     response.enable_chunked_encoding()
     await response.prepare(request)
-    peer = request.remote or "?"
     viewer = FlvViewer(transport, stream, peer)
     viewer.write(http_chunk(flv_file_header()))
     playback.subscribe(stream, viewer, peer, "HTTP-FLV")

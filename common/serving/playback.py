@@ -12,6 +12,7 @@ from typing import Protocol
 from common.hub.fanout import Subscriber
 from common.hub.stream import Hub, Stream
 from common.keys import StreamKey
+from common.serving.access import PlayGate
 from common.serving.policy import StreamPolicy
 
 log = logging.getLogger(__name__)
@@ -23,20 +24,24 @@ class Viewer(Subscriber, Protocol):
 
 
 class Playback:
-    def __init__(self, hub: Hub, policy: StreamPolicy) -> None:
+    def __init__(self, hub: Hub, policy: StreamPolicy, gate: PlayGate | None = None) -> None:
         self.hub = hub
         self.policy = policy
+        self.gate = gate or PlayGate()
         self.viewers: set[Viewer] = set()  # every viewer playing now, of any format
 
-    def live(self, key: StreamKey) -> Stream | None:
-        """The local stream if something feeds it now (no waiting)."""
+    def open(self, key: StreamKey, query: str) -> Stream | None:
+        """The local stream if something feeds it now (no waiting). Raises Rejected when the viewer may
+        not play it."""
+        self.gate.check(key, query)
         stream = self.hub.get(key)
         return stream if stream is not None and stream.live else None
 
     async def locate(self, key: StreamKey, query: str) -> Stream | None:
         """The live stream to play, asking the policy for a source (an upstream pull) when there is none
-        here. None: not live anywhere. Raises Rejected when the policy refuses."""
-        stream = self.live(key)
+        here. None: not live anywhere. Raises Rejected when the viewer may not play it or the policy
+        refuses."""
+        stream = self.open(key, query)
         if stream is not None:
             return stream
         stream = await self.policy.find_source(key, query)

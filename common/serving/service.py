@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,8 @@ from common.rtmp.events import (
 )
 from common.rtmp.messages import MEDIA_STREAM_ID
 from common.rtmp.session import SessionLimits
-from common.serving.connection import RtmpServerProtocol, RtmpViewer, Timeouts
+from common.serving.access import ConnectionLimiter
+from common.serving.connection import Bounds, RtmpServerProtocol, RtmpViewer, Timeouts
 from common.serving.playback import Playback
 from common.serving.policy import Rejected, SourceUnavailable
 
@@ -39,12 +41,15 @@ class RtmpOptions:
     timeouts: Timeouts = field(default_factory=Timeouts)
     viewer_sndbuf: int = 0  # SO_SNDBUF of viewer sockets (0: kernel autotuning)
     publish_grace: float = 0.0  # seconds viewers wait for a publisher that left to come back (0: end at once)
+    bounds: Bounds = field(default_factory=Bounds)
 
 
 class RtmpService:
     """The ConnectionHandler of every RTMP connection a node accepts."""
 
-    def __init__(self, playback: Playback, options: RtmpOptions | None = None) -> None:
+    def __init__(
+        self, playback: Playback, options: RtmpOptions | None = None, limiter: ConnectionLimiter | None = None
+    ) -> None:
         options = options or RtmpOptions(SessionLimits(out_chunk_size=playback.hub.limits.chunk_size))
         self.playback = playback
         self.hub = playback.hub
@@ -53,7 +58,11 @@ class RtmpService:
         self.timeouts = options.timeouts
         self.viewer_sndbuf = options.viewer_sndbuf
         self.publish_grace = options.publish_grace
+        self.bounds = options.bounds
+        self.limiter = limiter if limiter is not None else ConnectionLimiter()
         self.connections: set[RtmpServerProtocol] = set()
+        self.connections_refused = 0
+        self._refusals_logged_at = 0.0
         self._graces: dict[StreamKey, tuple[asyncio.TimerHandle, Stream]] = {}  # streams waiting for a publisher
         self._closing = False
         self.protocol_errors = 0
@@ -73,12 +82,26 @@ class RtmpService:
         return RtmpServerProtocol(self)
 
     def connection_opened(self, conn: RtmpServerProtocol) -> None:
+        refused = self.limiter.acquire(conn.address)
+        if refused is not None:
+            self.connections_refused += 1
+            now = time.monotonic()
+            if now - self._refusals_logged_at > 1.0:  # a flood must not flood the log too
+                self._refusals_logged_at = now
+                log.warning(
+                    "%s: connection refused: %s (%d refused so far)", conn.peer, refused, self.connections_refused
+                )
+            conn.abort(refused)
+            return
         self.connections.add(conn)
         self.connections_total += 1
         log.debug("%s: connected", conn.peer)
 
     def connection_closed(self, conn: RtmpServerProtocol) -> None:
+        if conn not in self.connections:
+            return  # refused at the door: it never held anything
         self.connections.discard(conn)
+        self.limiter.release(conn.address)
         for stream in conn.publishing.values():
             self._end_publish(conn, stream)
         conn.publishing.clear()
@@ -167,7 +190,12 @@ class RtmpService:
             conn.session.reject(event.stream_id, "NetStream.Play.StreamNotFound", f"invalid stream name {event.name!r}")
             return None
         key = StreamKey(conn.session.app, event.name)
-        stream = self.playback.live(key)
+        try:
+            stream = self.playback.open(key, event.query)
+        except Rejected as exc:
+            log.warning("%s: refused play of %s: %s", conn.peer, key, exc.description)
+            conn.session.reject(event.stream_id, exc.code, exc.description)
+            return None
         if stream is not None:
             self._start_play(conn, stream, event)
             return None
@@ -177,6 +205,7 @@ class RtmpService:
         try:
             stream = await self.playback.locate(key, event.query)
         except Rejected as exc:
+            log.warning("%s: refused play of %s: %s", conn.peer, key, exc.description)
             conn.session.reject(event.stream_id, exc.code, exc.description)
             return
         except SourceUnavailable as exc:

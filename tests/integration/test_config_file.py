@@ -10,6 +10,7 @@ import pytest
 
 from common.system import free_port, stop_process
 from tests.helpers import ROOT, http_json, wait_for
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,7 @@ def test_a_media_node_runs_on_the_settings_of_its_file(role: str, tmp_path: Path
     toml = tmp_path / f"{role}.toml"
     toml.write_text(
         f'rtmp = "127.0.0.1:{rtmp}"\nhttp = "127.0.0.1:{http}"\nnode_id = "{role}-from-file"\n'
-        f'region = "file-region"\n{upstream}'
+        f'region = "file-region"\n{upstream}' + ("open_publish = true\n" if role == "origin" else "")
     )
     proc = start([role, "--config", str(toml)], tmp_path / f"{role}.log")
     try:
@@ -42,9 +43,10 @@ def test_a_media_node_runs_on_the_settings_of_its_file(role: str, tmp_path: Path
 def test_the_control_plane_runs_on_the_settings_of_its_file(tmp_path: Path) -> None:
     http = free_port()
     toml = tmp_path / "control.toml"
-    toml.write_text(f'http = "127.0.0.1:{http}"\nepsilon = 0.5\n')
-    proc = start(["control", "--config", str(toml)], tmp_path / "control.log")
-    try:
-        wait_for(lambda: http_json(f"http://127.0.0.1:{http}/healthz")["status"] == "ok", 15, "control on its port")
-    finally:
-        stop_process(proc)
+    with RedisServer() as redis:  # a control plane needs a shared registry (it refuses memory://)
+        toml.write_text(f'http = "127.0.0.1:{http}"\nepsilon = 0.5\nregistry = "{redis.url}"\n')
+        proc = start(["control", "--config", str(toml)], tmp_path / "control.log")
+        try:
+            wait_for(lambda: http_json(f"http://127.0.0.1:{http}/readyz")["ready"], 15, "control on its port")
+        finally:
+            stop_process(proc)

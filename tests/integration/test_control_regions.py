@@ -1,5 +1,6 @@
-"""The control plane started as an operator would, placing clients by their address. On memory:// it sees
-no node, so routing answers 503; what it decided shows in that answer's text and in /metrics."""
+"""The control plane started as an operator would, placing clients by their address. On an empty registry (a
+fresh redis-server) it sees no node, so routing answers 503; what it decided shows in that answer's text and
+in /metrics."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common.system import free_port, stop_process
 from tests.helpers import ROOT, http_json, run_livecdn, wait_for
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +40,13 @@ def test_the_control_plane_places_clients_by_address(tmp_path: Path) -> None:
     port = free_port()
     regions = tmp_path / "regions.txt"
     regions.write_text("# test clients\n127.0.0.2/32 = eu\n\n127.0.0.3/32 = us  # the other one\n")
+    redis = RedisServer().start()
     proc = livecdn(
         "control",
         "--http",
         f"127.0.0.1:{port}",
         "--registry",
-        "memory://",
+        redis.url,
         "--region-map",
         f"@{regions}",
         "--region-fallback",
@@ -77,6 +80,7 @@ def test_the_control_plane_places_clients_by_address(tmp_path: Path) -> None:
         asyncio.run(scenario())
     finally:
         stop_process(proc)
+        redis.cleanup()
 
 
 def test_a_bad_region_map_stops_start_up_naming_it(tmp_path: Path) -> None:

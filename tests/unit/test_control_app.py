@@ -53,7 +53,8 @@ class TrackedRegistry(MemoryRegistry):
 
 
 async def make_client(registry: MemoryRegistry) -> Client:
-    client = TestClient(TestServer(make_control_app(registry)))
+    # node_list_max_age 0: these tests change heartbeats and expect the very next request to see them.
+    client = TestClient(TestServer(make_control_app(registry, node_list_max_age=0)))
     await client.start_server()
     return client
 
@@ -131,6 +132,17 @@ async def test_route_play(client: Client) -> None:
     assert again == body  # same stream, same loads: same edge
     body = await (await client.get("/v1/route/play", params={"stream": "live/x", "region": "ap"})).json()
     assert body["edge"] in ("edge-eu-1", "edge-eu-2", "edge-us-1")
+
+
+async def test_a_play_token_is_passed_on_to_the_edge_urls(client: Client) -> None:
+    token = {"exp": "1800000000", "sig": "abc_DEF-123"}
+    body = await (await client.get("/v1/route/play", params={"stream": "live/x", "region": "us", **token})).json()
+    assert body["rtmp"] == "rtmp://edge-us-1.test:1935/live/x?exp=1800000000&sig=abc_DEF-123"
+    assert body["flv"] == "http://edge-us-1.test:8080/live/x.flv?exp=1800000000&sig=abc_DEF-123"
+    resp = await client.get("/play/live/x", params={"region": "us", **token}, allow_redirects=False)
+    assert resp.headers["Location"] == "http://edge-us-1.test:8080/live/x.flv?exp=1800000000&sig=abc_DEF-123"
+    resp = await client.get("/v1/route/play", params={"stream": "live/x", "exp": "soon", "sig": "x"})
+    assert resp.status == 400 and "play token" in (await resp.json())["error"]
 
 
 async def test_route_play_does_not_need_a_live_stream(registry: MemoryRegistry, client: Client) -> None:

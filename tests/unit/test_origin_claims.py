@@ -9,7 +9,7 @@ from typing import Any
 from common.keys import StreamKey
 from common.registry.memory import MemoryRegistry
 from common.rtmp.events import PublishRequested
-from common.runtime.config import NodeSettings
+from common.runtime.config import OriginSettings
 from common.runtime.node import Node
 from origin.role import OriginRole
 
@@ -35,7 +35,7 @@ def fake_conn() -> Any:
 
 async def test_claim_released_when_the_publisher_leaves_during_the_claim() -> None:
     registry = SlowRegistry()
-    node = Node(NodeSettings(node_id="origin-a"), OriginRole, registry)
+    node = Node(OriginSettings(node_id="origin-a", open_publish=True), OriginRole, registry)
     conn = fake_conn()
     waiter = node.rtmp.handle(conn, PublishRequested(1, "cam", "", "live"))
     assert waiter is not None
@@ -53,7 +53,7 @@ async def test_claim_released_when_the_publisher_leaves_during_the_claim() -> No
 
 async def test_claim_kept_while_the_publisher_stays() -> None:
     registry = MemoryRegistry()
-    node = Node(NodeSettings(node_id="origin-a"), OriginRole, registry)
+    node = Node(OriginSettings(node_id="origin-a", open_publish=True), OriginRole, registry)
     conn = fake_conn()
     waiter = node.rtmp.handle(conn, PublishRequested(1, "cam", "", "live"))
     assert waiter is not None

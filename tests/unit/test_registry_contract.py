@@ -1,4 +1,6 @@
-"""One contract for every registry backend: memory:// and redis:// (a real redis-server, see tests/redis_server.py)."""
+"""One contract for every registry backend: memory://, redis:// (a real Redis: tests/redis_server.py) and
+consul:// (a real agent with CONSUL_HTTP_ADDR, a Consul container where Docker answers, else the in-repo test
+server: tests/consul_server.py). The pytest header and the log say which Redis and Consul ran."""
 
 from __future__ import annotations
 
@@ -14,36 +16,46 @@ import pytest
 import redis.asyncio as aioredis
 
 from common.registry import NodeInfo, NodeLoad, Registry, RegistryError, RegistryEvent, StreamClaim, open_registry
+from common.registry.consul import ConsulRegistry
 from common.registry.memory import MemoryRegistry
 from common.registry.redis import RedisRegistry
-from tests.redis_server import RedisServer, RedisServerUnavailable
+from tests.consul_server import ConsulTarget, consul_for_tests
+from tests.redis_server import RedisServer, RedisServerUnavailable, redis_for_tests
 
 SHORT = 0.3  # seconds: a TTL that lapses within the test
 LONG = 10.0  # seconds: a TTL that does not
 
 
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
+def redis_url() -> Iterator[str]:
+    """The Redis of the contract: a container where Docker answers, else a local redis-server."""
     try:
-        server = RedisServer()
+        with redis_for_tests() as url:
+            yield url
     except RedisServerUnavailable as exc:
         pytest.skip(f"no redis-server: {exc}")
-    with server:
-        yield server
+
+
+@pytest.fixture(scope="module")
+def consul() -> Iterator[ConsulTarget]:
+    with consul_for_tests() as target:
+        yield target
 
 
 def _prefix() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "consul"])
 async def registry(request: pytest.FixtureRequest) -> AsyncIterator[Registry]:
     reg: Registry
     if request.param == "memory":
         reg = MemoryRegistry()
+    elif request.param == "redis":
+        reg = RedisRegistry(request.getfixturevalue("redis_url"), prefix=_prefix())
     else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        reg = RedisRegistry(server.url, prefix=_prefix())
+        target: ConsulTarget = request.getfixturevalue("consul")
+        reg = ConsulRegistry(target.url, prefix=_prefix())
     await reg.start()
     try:
         yield reg
@@ -281,16 +293,16 @@ async def _wait_subscribers(server_url: str, channel: str, want: int, timeout: f
             await asyncio.sleep(0.05)
 
 
-async def test_redis_events_cleanup_the_subscription(redis_server: RedisServer) -> None:
+async def test_redis_events_cleanup_the_subscription(redis_url: str) -> None:
     prefix = _prefix()
     channel = f"{prefix}:events"
-    reg = RedisRegistry(redis_server.url, prefix=prefix)
+    reg = RedisRegistry(redis_url, prefix=prefix)
     try:
         stream = reg.events()
         waiting = asyncio.ensure_future(anext(stream))
-        await _wait_subscribers(redis_server.url, channel, 1)
+        await _wait_subscribers(redis_url, channel, 1)
         # Malformed messages on the channel are skipped, not fatal.
-        raw = aioredis.Redis.from_url(redis_server.url)
+        raw = aioredis.Redis.from_url(redis_url)
         await raw.publish(channel, "not json")
         await raw.publish(channel, '{"kind":"explode","key":"k","origin":"o","epoch":1}')
         await raw.aclose()
@@ -299,22 +311,22 @@ async def test_redis_events_cleanup_the_subscription(redis_server: RedisServer) 
         async with asyncio.timeout(3):
             assert (await waiting).epoch == held.epoch
         await stream.aclose()  # type: ignore[attr-defined]
-        await _wait_subscribers(redis_server.url, channel, 0)
+        await _wait_subscribers(redis_url, channel, 0)
 
         task = asyncio.create_task(_collect(reg, 1, []))
-        await _wait_subscribers(redis_server.url, channel, 1)
+        await _wait_subscribers(redis_url, channel, 1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await _wait_subscribers(redis_server.url, channel, 0)
+        await _wait_subscribers(redis_url, channel, 0)
     finally:
         await reg.close()
 
 
-async def test_redis_record_layout(redis_server: RedisServer) -> None:
+async def test_redis_record_layout(redis_url: str) -> None:
     prefix = _prefix()
-    reg = RedisRegistry(redis_server.url, prefix=prefix)
-    raw = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    reg = RedisRegistry(redis_url, prefix=prefix)
+    raw = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         await reg.heartbeat(node("o1"), LONG)
         held = await reg.claim("live/a", "o1", "rtmp://o1/live/a", LONG)
@@ -413,10 +425,10 @@ async def test_redis_errors_hide_the_password() -> None:
         await reg.close()
 
 
-async def test_closed_registry_raises_ends_events_and_start_reopens(redis_server: RedisServer) -> None:
-    reg = RedisRegistry(redis_server.url, prefix=_prefix())
+async def test_closed_registry_raises_ends_events_and_start_reopens(redis_url: str) -> None:
+    reg = RedisRegistry(redis_url, prefix=_prefix())
     consumer = asyncio.create_task(_collect(reg, 1, []))
-    await _wait_subscribers(redis_server.url, f"{reg.prefix}:events", 1)
+    await _wait_subscribers(redis_url, f"{reg.prefix}:events", 1)
     await reg.close()
     async with asyncio.timeout(3):
         await consumer  # the event stream ends after close()
@@ -435,5 +447,11 @@ async def test_open_registry_by_url() -> None:
     reg = open_registry("redis://127.0.0.1:6379/0")
     assert isinstance(reg, RedisRegistry)
     await reg.close()
+    consul = open_registry("consul://consul.internal:8501/staging")
+    assert isinstance(consul, ConsulRegistry) and consul.prefix == "staging"
+    await consul.close()
+    assert open_registry("consul://127.0.0.1").prefix == "livecdn"  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="bad prefix"):
+        open_registry("consul://127.0.0.1:8500/a/b")
     with pytest.raises(ValueError, match="unsupported registry URL"):
-        open_registry("consul://x")
+        open_registry("etcd://x")

@@ -13,18 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.placement.choice import choose_edge, choose_origin, healthy, in_region
+from common.placement.hashing import Ring, bounded_capacity, pick_bounded, ring_for, stable_hash
 from common.registry.base import NodeInfo, StreamClaim
-from control.routing import (
-    Ring,
-    bounded_capacity,
-    choose_edge,
-    choose_origin,
-    healthy,
-    in_region,
-    pick_bounded,
-    ring_for,
-    stable_hash,
-)
 from tests.helpers import node_info as node
 
 
@@ -221,7 +212,7 @@ def test_edge_draining_never_chosen() -> None:
 
 
 def test_stable_hash_is_stable_across_processes() -> None:
-    code = "from control.routing import stable_hash; print(stable_hash('live/x'))"
+    code = "from common.placement.hashing import stable_hash; print(stable_hash('live/x'))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(other.stdout) == stable_hash("live/x")
     assert 0 <= stable_hash("") < 2**64

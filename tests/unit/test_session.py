@@ -284,3 +284,30 @@ def test_deep_amf_nesting_in_a_command_is_refused() -> None:
     pair.client._send_command(0, "someCall", 3.0, nested)
     pair.pump()
     assert any(isinstance(e, ConnectionFailed) for e in pair.server_events)
+
+
+def test_commands_pipelined_behind_connect_wait_for_it_and_keep_their_order() -> None:
+    from tests.attacks import command, connect
+
+    server = ServerSession()
+    handshake = b"\x03" + bytes(1536) + bytes(1536)  # C0, C1, C2 (C2 is not checked)
+    pipelined = connect() + command("createStream", 2.0, None) + command("publish", 3.0, None, "cam", stream_id=1)
+    events = server.receive_data(handshake + pipelined)
+    assert [type(e).__name__ for e in events] == ["HandshakeCompleted", "ConnectRequested"]
+    server.accept_connect()
+    later = server.take_events()
+    assert [type(e).__name__ for e in later] == ["PublishRequested"], later
+    assert server.take_events() == []
+    replies = server.data_to_send()
+    assert replies.index(b"NetConnection.Connect.Success") < replies.rindex(b"_result")  # connect answered first
+
+
+def test_a_rejected_connect_drops_what_was_pipelined_behind_it() -> None:
+    from tests.attacks import command, connect
+
+    server = ServerSession()
+    events = server.receive_data(b"\x03" + bytes(3072) + connect() + command("createStream", 2.0, None))
+    assert type(events[-1]).__name__ == "ConnectRequested"
+    server.reject_connect("no")
+    assert server.take_events() == []
+    assert b"createStream" not in server.data_to_send()
