@@ -25,6 +25,8 @@ from common.media.metadata import player_metadata
 
 log = logging.getLogger(__name__)
 
+MAX_TAPS = 4
+
 
 class Source(Protocol):
     """Whoever feeds a stream: a publisher's connection at an origin, an upstream pull at an edge."""
@@ -99,6 +101,9 @@ class Stream:
         self.gop = GopCache(self.limits.gop_max_bytes, self.limits.gop_max_packets)
         self.fanout = FanOut(self.limits, self.scheduler, self.clock, self.headers)
         self.timeline = Timeline()
+        # Packagers that need packets rather than bytes (HLS segments): each sees every packet once, in
+        # order, after the viewers have been served. At most MAX_TAPS, so the hot path stays short.
+        self.taps: list[Callable[[Packet], None]] = []
 
     @property
     def app(self) -> str:
@@ -161,7 +166,19 @@ class Stream:
         else:
             return None
         self.fanout.push(packet)
+        for tap in self.taps:
+            tap(packet)
         return packet
+
+    def add_tap(self, tap: Callable[[Packet], None]) -> None:
+        """``tap`` gets every packet from now on (it can bootstrap from headers() and gop first)."""
+        if len(self.taps) >= MAX_TAPS:
+            raise OverflowError(f"{self.key} has its maximum of {MAX_TAPS} packagers")
+        self.taps.append(tap)
+
+    def remove_tap(self, tap: Callable[[Packet], None]) -> None:
+        if tap in self.taps:
+            self.taps.remove(tap)
 
     def flush(self) -> None:
         """Send everything still waiting for a merge window (to every viewer group)."""
