@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from common.registry.base import NodeInfo, NodeLoad
+from common.serving.client import RtmpClient, RtmpClientError
 from common.system import free_port, stop_process
 from loadtest.flvfile import ffmpeg_executable, make_flv
 
@@ -22,6 +24,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 ffmpeg_path = ffmpeg_executable  # LIVECDN_FFMPEG, the system ffmpeg, or imageio-ffmpeg's (has RTMP)
+
+
+def rtmp_answer(url: str, action: str = "play") -> str:
+    """What a server answers an RTMP play or publish of ``url``: its error code, or "accepted"."""
+
+    async def attempt() -> str:
+        client = await RtmpClient.connect(url)
+        try:
+            await (client.play(lambda event: None) if action == "play" else client.publish())
+        except RtmpClientError as exc:
+            return exc.code
+        finally:
+            client.close()
+        return "accepted"
+
+    return asyncio.run(attempt())
 
 
 def run_livecdn(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

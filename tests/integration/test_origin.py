@@ -13,7 +13,7 @@ import pytest
 
 from common.media.flv import is_video_keyframe
 from common.rtmp.events import MediaReceived
-from common.serving.client import RtmpClient, RtmpClientError
+from common.serving.client import RtmpClient
 from tests.helpers import (
     LOW_LATENCY_INPUT,
     NodeProcess,
@@ -21,6 +21,7 @@ from tests.helpers import (
     finish_play,
     play_and_decode,
     publishing,
+    rtmp_answer,
     run_livecdn,
     start_play,
     wait_for,
@@ -108,17 +109,7 @@ def test_playing_a_missing_stream_fails_cleanly(origin: NodeProcess) -> None:
     assert time.monotonic() - t0 < 5
     assert "StreamNotFound" in result.output or "not live" in result.output, result.output
 
-    async def python_client() -> str:
-        client = await RtmpClient.connect(f"{origin.rtmp}/live/nobody")
-        try:
-            await client.play(lambda event: None)
-        except RtmpClientError as exc:
-            return exc.code
-        finally:
-            client.close()
-        return "played?"
-
-    assert asyncio.run(python_client()) == "NetStream.Play.StreamNotFound"
+    assert rtmp_answer(f"{origin.rtmp}/live/nobody") == "NetStream.Play.StreamNotFound"
     assert origin.stats()["streams"] == []  # a failed play leaves nothing behind
 
 
