@@ -19,15 +19,14 @@ import logging
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.redact import redact_url
 from common.registry.base import Registry, RegistryError
+from common.registry.redis import redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +131,8 @@ class RedisPendingCounts(PendingCounts):
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
 
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise RegistryError(f"redis {self._safe_url} unreachable during a pending-count exchange: {exc}") from exc
-        except RedisError as exc:
-            raise RegistryError(f"redis {self._safe_url} failed a pending-count exchange: {exc}") from exc
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        return redis_errors(f"redis {self._safe_url}", "a pending-count exchange")
 
     async def exchange(self, add: Mapping[str, int], read: Sequence[str], ttl: float) -> list[int]:
         self._connect()

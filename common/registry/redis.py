@@ -109,6 +109,17 @@ return removed
 """
 
 
+@contextlib.contextmanager
+def redis_errors(who: str, what: str) -> Iterator[None]:
+    """Turn a redis client's failures into RegistryError (CancelledError passes through untouched)."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise RegistryError(f"{who} unreachable during {what}: {exc}") from exc
+    except RedisError as exc:
+        raise RegistryError(f"{who} failed {what}: {exc}") from exc
+
+
 def _ttl_ms(ttl: float) -> int:
     return max(1, round(ttl * 1000))
 
@@ -173,15 +184,10 @@ class RedisRegistry(Registry):
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
-        """Turn the client's failures into RegistryError (CancelledError passes through untouched)."""
         if self._closed:
             raise RegistryError(f"redis registry {self._safe_url}: {what} after close()")
-        try:
+        with redis_errors(f"redis registry {self._safe_url}", what):
             yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise RegistryError(f"redis registry {self._safe_url} unreachable during {what}: {exc}") from exc
-        except RedisError as exc:
-            raise RegistryError(f"redis registry {self._safe_url} failed {what}: {exc}") from exc
 
     async def ping(self) -> bool:
         if self._closed:
