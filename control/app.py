@@ -28,6 +28,8 @@ from control.client_region import ClientRegions, RegionChoice
 from control.coalesce import Coalesced
 from control.edges import EdgeRouting
 from control.metrics import ControlMetrics
+from control.status import STATUS_FEED_KEY, StatusFeed, status_events, status_snapshot
+from control.watch import add_web_routes
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +160,7 @@ def _edge_answer(key: StreamKey, edge: NodeInfo, choice: RegionChoice, token: st
         "region": edge.region,
         "rtmp": f"rtmp://{edge.rtmp}/{stream}{query}",
         "flv": f"http://{edge.http}/{stream}.flv{query}",
+        "hls": f"http://{edge.http}/{stream}.m3u8{query}",  # LL-HLS, where the edge serves it
         **_placement(choice),
     }
 
@@ -275,16 +278,19 @@ async def status_page(request: web.Request) -> web.Response:
         for n in nodes
     ]
     claim_rows = [_row([c.key, c.origin, c.rtmp_url, c.epoch]) for c in claims]
+    # Rendered here too, so the page says something without JavaScript; static/status.js then replaces
+    # #live with every snapshot from /v1/events (control.status).
     page = (
         '<!doctype html><html><head><meta charset="utf-8"><title>livecdn control</title>'
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
-        "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}</style></head><body>"
-        f"<h1>livecdn control</h1><p>registry: {html.escape(redact_url(registry.url))}</p>"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="stylesheet" href="/static/style.css"><script defer src="/static/status.js"></script></head><body>'
+        f'<h1>livecdn control</h1><p class="muted">registry: <span id="registry">'
+        f'{html.escape(redact_url(registry.url))}</span> · <span id="updated">not live</span></p><div id="live">'
         f"<h2>Nodes ({len(nodes)})</h2>"
         + _table(["id", "role", "region", "rtmp", "http", "viewers", "streams", "Mbit/s out", "state"], node_rows)
         + f"<h2>Streams ({len(claims)})</h2>"
         + _table(["stream", "origin", "rtmp", "epoch"], claim_rows)
-        + "</body></html>"
+        + "</div></body></html>"
     )
     return web.Response(text=page, content_type="text/html")
 
@@ -337,6 +343,7 @@ def make_control_app(
     app[METRICS_KEY] = control_metrics = ControlMetrics()
     app[PENDING_KEY] = pending = open_pending_counts(registry)
     app[ORIGINS_KEY] = Coalesced(lambda: registry.nodes("origin"))
+    app[STATUS_FEED_KEY] = StatusFeed(registry)
     app[EDGES_KEY] = EdgeRouting(
         registry,
         pending,
@@ -373,10 +380,14 @@ def make_control_app(
         yield
         app[REGIONS_KEY].close()
 
+    async def close_status_feed(app: web.Application) -> None:
+        await app[STATUS_FEED_KEY].close()  # on shutdown, before aiohttp waits for open handlers
+
     app.cleanup_ctx.append(registry_ctx)
     app.cleanup_ctx.append(pending_ctx)
     app.cleanup_ctx.append(node_lists_ctx)
     app.cleanup_ctx.append(regions_ctx)
+    app.on_shutdown.append(close_status_feed)
     app.router.add_get("/", status_page)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -386,4 +397,7 @@ def make_control_app(
     app.router.add_get("/play/{app}/{name}", play_redirect)
     app.router.add_get("/v1/nodes", list_nodes)
     app.router.add_get("/v1/streams", list_streams)
+    app.router.add_get("/v1/status", status_snapshot)
+    app.router.add_get("/v1/events", status_events)
+    add_web_routes(app)
     return app

@@ -106,7 +106,13 @@ class Puller:
     def stop(self, reason: str) -> None:
         """As the stream's Source: end the pull (viewers are told the stream ended)."""
         if self._task is not None and not self._task.done():
-            log.info("%s: stopping the pull from %s: %s", self.key, self.url, reason)
+            log.info(
+                "%s: stopping the pull from %s: %s",
+                self.key,
+                self.url,
+                reason,
+                extra={"event": "pull_stop", "stream": str(self.key)},
+            )
             self._task.cancel()
 
     async def close(self) -> None:
@@ -133,7 +139,13 @@ class Puller:
     def _idle_expired(self) -> None:
         self._idle_timer = None
         if self.stream.viewers == 0 and self._task is not None:
-            log.info("%s: idle for %gs, stopping the pull from %s", self.key, self.settings.idle_grace, self.url)
+            log.info(
+                "%s: idle for %gs, stopping the pull from %s",
+                self.key,
+                self.settings.idle_grace,
+                self.url,
+                extra={"event": "pull_stop", "stream": str(self.key)},
+            )
             self._task.cancel()
 
     # -- the registry says the stream was (re)published --------------------------------------------
@@ -234,7 +246,13 @@ class Puller:
         try:
             await client.play(self._on_media)
         except (RtmpClientError, TimeoutError) as exc:
-            log.info("%s: upstream %s refused the play: %s", self.key, upstream.url, exc)
+            log.info(
+                "%s: upstream %s refused the play: %s",
+                self.key,
+                upstream.url,
+                exc,
+                extra={"event": "pull_error", "stream": str(self.key), "upstream": upstream.url},
+            )
             client.close()
             self.client = None
             code = exc.code if isinstance(exc, RtmpClientError) else ""
@@ -251,6 +269,7 @@ class Puller:
             self.resolver.description,
             "" if upstream.epoch is None else f", epoch {upstream.epoch}",
             "" if self.connects == 1 else f", reconnect #{self.connects - 1}",
+            extra={"event": "pull_start", "stream": str(self.key), "upstream": upstream.url},
         )
         if not self.ready.done():
             self.ready.set_result(Start.LIVE)

@@ -49,6 +49,7 @@ def common_options(func: F) -> F:
         [
             click.option("--registry", help=f"{REGISTRY_HELP} [LIVECDN_REGISTRY, default memory://]"),
             click.option("--log-level", help="debug, info, warning, error [LIVECDN_LOG_LEVEL]"),
+            click.option("--log-format", help="text or json (one object per line) [LIVECDN_LOG_FORMAT]"),
             click.option(
                 "--config",
                 "config_file",
@@ -104,7 +105,7 @@ def _registry_url(value: str) -> str:
 
 
 def _run_node(settings: NodeSettings, role: RoleFactory) -> None:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, settings.node_id)
     run_forever(serve(Node(settings, role)))
 
 
@@ -196,7 +197,7 @@ def control(config_file: str | None, **flags: Any) -> None:
 
     settings = _settings(ControlSettings, config_file, **flags)
     _refuse_an_island(settings.registry, "the control plane", "the origins and edges")
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, "control")
     registry = redact_url(settings.registry)
 
     async def main() -> None:
@@ -244,6 +245,9 @@ def control(config_file: str | None, **flags: Any) -> None:
 )
 @click.option("--log-level", envvar="LIVECDN_LOG_LEVEL", default="info", show_default=True)
 @click.option(
+    "--log-format", envvar="LIVECDN_LOG_FORMAT", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option(
     "--publish-secret",
     envvar="LIVECDN_PUBLISH_SECRET",
     help="signs publish URLs [LIVECDN_PUBLISH_SECRET; default: generated for this run, never printed]",
@@ -255,13 +259,14 @@ def up(
     registry: str,
     idle_grace: float,
     log_level: str,
+    log_format: str,
     publish_secret: str | None,
 ) -> None:
     """Start a whole local cluster: origin, two edges in two regions, control plane."""
     from livecdn.up import UpOptions
     from livecdn.up import up as run_up
 
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)  # no node field: one process runs every node
     options = UpOptions(
         host=host,
         rtmp_port=rtmp_port,

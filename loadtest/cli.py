@@ -251,3 +251,66 @@ def heartbeat_edges(registry: str, edges: int, regions: int, duration: float) ->
         run_async(heartbeat_fake_edges(registry, edges, regions, duration))
     except asyncio.CancelledError:
         pass
+
+
+@cli.command("browser-latency")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "formats", type=click.Choice(["flv", "hls"]), multiple=True, default=("flv", "hls"))
+@click.option("--seconds", type=click.FloatRange(1, 60), default=15.0, show_default=True, help="sampling per format")
+@click.option("--interval", type=click.FloatRange(0.05, 5), default=0.2, show_default=True, help="s between samples")
+@click.option("--settle", type=click.FloatRange(0, 30), default=3.0, show_default=True, help="s before the browser")
+def browser_latency(file: Path, formats: tuple[str, ...], seconds: float, interval: float, settle: float) -> None:
+    """Glass-to-glass latency of the /watch page (mpegts.js, hls.js) in headless Chromium, publishing FILE."""
+    from loadtest.browser_latency import run, table
+
+    try:
+        results = run(file, list(formats), seconds, interval, settle)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(table(results))
+
+
+@cli.command("hls-viewers")
+@click.argument("url", required=False)
+@click.option("--viewers", default="100", show_default=True, help="a count, or steps: 100,500,1000")
+@click.option("--duration", type=click.FloatRange(1, 600), default=30.0, show_default=True, help="s per step")
+@click.option("--ramp", type=click.FloatRange(0, 100_000), default=1000.0, show_default=True, help="viewers/s")
+@click.option("--pid", type=int, default=None, help="the server's PID: its CPU and RSS per step")
+@click.option(
+    "--start",
+    "flv",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="start an origin + ONE edge (core 0) and publish this FLV (core 1); URL is then the edge's",
+)
+def hls_viewers(url: str | None, viewers: str, duration: float, ramp: float, pid: int | None, flv: Path | None) -> None:
+    """LL-HLS viewers on URL (http://edge/APP/NAME.m3u8): blocking reloads, each new part once, a sid each."""
+    import tempfile
+    import time
+
+    from loadtest.hls_viewers import run_step, table
+    from loadtest.servers import publishing, start_livecdn
+
+    try:
+        steps = [int(v) for v in viewers.split(",")]
+    except ValueError:
+        raise click.BadParameter("a count or a comma-separated list of counts", param_hint="--viewers") from None
+    if not steps or not all(1 <= v <= 20_000 for v in steps):
+        raise click.BadParameter("counts between 1 and 20000", param_hint="--viewers")
+    with contextlib.ExitStack() as stack:
+        if flv is not None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="livecdn-hls-")))
+            server = start_livecdn(workdir, node_core=0, load_core=1, merge_window=0.0)
+            stack.callback(server.stop)
+            stack.enter_context(publishing(flv, server.publish_url, 1))
+            assert server.flv_url is not None
+            url, pid = server.flv_url.removesuffix(".flv") + ".m3u8", server.procs[0].pid
+            time.sleep(3)  # the first GOP reaches the origin
+        if url is None:
+            raise click.UsageError("give URL, or --start FILE")
+        rows = []
+        for count in steps:
+            rows.append(run_async(run_step(url, count, duration, ramp, pid)))
+            click.echo(f"{count} viewers done", err=True)
+            time.sleep(max(3.0, 3 * 2.0))  # let the previous step's viewers time out on the server
+        click.echo(table(rows))

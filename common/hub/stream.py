@@ -94,6 +94,9 @@ class Stream:
     timeline: Timeline = field(init=False)
     bytes_in: int = 0
     packets_in: int = 0
+    # Viewers that poll (HLS) instead of subscribing to the fan-out: counted here so idle teardown, stats
+    # and the node's load see them, at no cost to the fan-out.
+    polled_viewers: int = 0
     scheduler: Scheduler = asyncio_scheduler
     clock: Callable[[], float] = time.monotonic
 
@@ -119,7 +122,7 @@ class Stream:
 
     @property
     def viewers(self) -> int:
-        return self.fanout.viewers
+        return self.fanout.viewers + self.polled_viewers
 
     @property
     def bytes_out(self) -> int:

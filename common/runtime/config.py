@@ -79,6 +79,7 @@ class Settings(BaseSettings):
 
     registry: RegistryUrl = "memory://"
     log_level: str = Field(default="info", pattern=r"(?i)^(debug|info|warning|error)$")
+    log_format: str = Field(default="text", pattern=r"^(text|json)$")
 
     @classmethod
     def settings_customise_sources(
@@ -147,6 +148,9 @@ class NodeSettings(Settings):
     )
     drain_timeout: float = Field(
         default=30.0, ge=0, description="seconds a draining node (SIGTERM, POST /v1/drain) keeps its viewers"
+    )
+    hls_part_duration: float = Field(
+        default=0.5, ge=0.1, le=5.0, description="LL-HLS part target in seconds (segments are one GOP each)"
     )
     # Limits on what one client may hold (docs/SECURITY.md).
     max_connections: int = Field(

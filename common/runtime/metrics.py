@@ -66,6 +66,25 @@ class NodeCollector(Collector):
             "Viewers disconnected for falling too far behind",
             sum(s["viewers_dropped"] for s in streams),
         )
+        if "hls_parts_served" in node:  # LL-HLS: viewers that poll, what they fetched, what they waited for
+            yield gauge(
+                "livecdn_viewers_hls", "LL-HLS viewers (fetched within three target durations)", node["viewers_hls"]
+            )
+            yield counter("livecdn_hls_parts_served", "LL-HLS parts served", node["hls_parts_served"])
+            yield counter("livecdn_hls_segments_served", "LL-HLS full segments served", node["hls_segments_served"])
+            yield counter(
+                "livecdn_hls_blocking_reloads",
+                "LL-HLS requests held until their part existed",
+                node["hls_blocking_reloads"],
+            )
+            yield counter(
+                "livecdn_hls_blocking_wait_seconds",
+                "Seconds LL-HLS requests were held",
+                node["hls_blocking_wait_seconds"],
+            )
+            yield counter(
+                "livecdn_hls_blocking_timeouts", "LL-HLS held requests answered 503", node["hls_blocking_timeouts"]
+            )
         by_stream_in = CounterMetricFamily(
             "livecdn_stream_bytes_in", "Media bytes received per stream", labels=[*labels, "stream"]
         )

@@ -42,6 +42,7 @@ from common.runtime.role import Addresses, NodeContext, RoleFactory
 from common.runtime.tasks import BackgroundTasks
 from common.serving.access import ConnectionLimiter, PlayGate
 from common.serving.connection import Bounds, Timeouts
+from common.serving.hls import HlsService
 from common.serving.httpflv import LIMITER_KEY, PLAYBACK_KEY, play_flv
 from common.serving.playback import Playback
 from common.serving.service import RtmpOptions, RtmpService
@@ -84,6 +85,7 @@ class Node:
         self.role = make_role(NodeContext(settings, self.registry, self.hub, limits, self.addresses, self.tasks))
         gate = PlayGate(secret(settings.play_secret), secret(settings.cluster_secret), self.role.viewers_through_edges)
         self.playback = Playback(self.hub, self.role, gate)
+        self.hls = HlsService(self.playback, settings.hls_part_duration)
         self.limiter = ConnectionLimiter(settings.max_connections, settings.max_connections_per_ip)
         timeouts = Timeouts(settings.handshake_timeout, settings.idle_timeout, settings.publisher_timeout)
         bounds = Bounds(settings.max_commands_per_second, settings.max_unsent_bytes)
@@ -110,6 +112,7 @@ class Node:
                 "name": s.name,
                 "publisher": s.live,
                 "viewers": s.viewers,
+                "viewers_hls": self.hls.viewers_of(s),
                 "bytes_in": s.bytes_in,
                 "bytes_out": s.bytes_out,
                 "packets_in": s.packets_in,
@@ -141,7 +144,13 @@ class Node:
                 "connections_refused": self.rtmp.connections_refused,
                 "bits_out": round(self._bits_out),
                 "draining": self.draining,
-                "viewers": len(self.playback.viewers),
+                "viewers": len(self.playback.viewers) + self.playback.polled_viewers,
+                "viewers_hls": self.playback.polled_viewers,
+                "hls_parts_served": self.hls.counters.parts_served,
+                "hls_segments_served": self.hls.counters.segments_served,
+                "hls_blocking_reloads": self.hls.counters.blocking_reloads,
+                "hls_blocking_wait_seconds": round(self.hls.counters.blocking_wait_seconds, 3),
+                "hls_blocking_timeouts": self.hls.counters.blocking_timeouts,
                 "asyncio_tasks": len(asyncio.all_tasks()),
                 **self.role.node_extra(),
             },
@@ -158,6 +167,7 @@ class Node:
             lines.append(f"  publish to: {urls.rtmp_url()}")
         lines += [
             f"  play from:  {urls.rtmp_url()}   or   {urls.http_url('/live/STREAM.flv')}",
+            f"  LL-HLS:     {urls.http_url('/live/STREAM.m3u8')}",
             f"  stats:      {urls.http_url('/v1/stats')}",
             *self.role.banner_lines(),
         ]
@@ -191,7 +201,7 @@ class Node:
     def busy(self) -> int:
         """What a drain waits for: viewers of any format, and publishers."""
         publishers = sum(1 for conn in self.rtmp.connections if conn.publishing)
-        return len(self.playback.viewers) + publishers
+        return len(self.playback.viewers) + self.playback.polled_viewers + publishers
 
     def start_drain(self, reason: str) -> bool:
         """Begin draining (once); False if it was already under way."""
@@ -205,6 +215,7 @@ class Node:
             reason,
             self.busy(),
             self.settings.drain_timeout,
+            extra={"event": "drain"},
         )
         self.tasks.spawn(self._drain(), name="drain")
         return True
@@ -215,7 +226,11 @@ class Node:
         while self.busy() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
         left = self.busy()
-        log.warning("drained: %s", f"{left} still connected at the deadline" if left else "everyone left")
+        log.warning(
+            "drained: %s",
+            f"{left} still connected at the deadline" if left else "everyone left",
+            extra={"event": "drained"},
+        )
         self.finished.set()
 
     async def _drain_request(self, request: web.Request) -> web.Response:
@@ -239,6 +254,7 @@ class Node:
         app[PLAYBACK_KEY] = self.playback
         app[LIMITER_KEY] = self.limiter
         app.router.add_get("/{app}/{name}.flv", play_flv)
+        self.hls.add_routes(app)  # /{app}/{name}.m3u8 and its init segment, parts and segments
         admin = secret(self.settings.admin_token)
         app.router.add_post("/v1/drain", require_admin(admin, self._drain_request))
         app.router.add_post("/v1/streams/{app}/{name}/kick", require_admin(admin, self._kick_request))

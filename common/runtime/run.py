@@ -19,10 +19,37 @@ from common.system import raise_fd_limit
 log = logging.getLogger(__name__)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The fields of a JSON line besides those the call site adds with extra= (event, stream, client, format...).
+JSON_FIELDS = ("asctime", "levelname", "name", "message")
+
+
+class _NodeField(logging.Filter):
+    """Stamps every record with the node that wrote it, so a log shipper can tell the nodes' lines apart."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__()
+        self.node = node
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "node"):
+            record.node = self.node
+        return True
+
+
+def configure_logging(level: str, log_format: str = "text", node: str | None = None) -> None:
+    """Text lines for people, or one JSON object per line (``log_format="json"``) for log shippers: the
+    stdlib records as they are, plus the fields call sites pass with ``extra=`` and ``node``."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(JsonFormatter(list(JSON_FIELDS), rename_fields={"levelname": "level", "asctime": "time"}))
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    if node is not None:
+        handler.addFilter(_NodeField(node))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 async def start_app(app: web.Application, address: HostPort) -> tuple[web.AppRunner, HostPort]:

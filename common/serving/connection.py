@@ -186,7 +186,8 @@ class RtmpServerProtocol(asyncio.Protocol):
             return
         exc = future.exception()
         if exc is not None:
-            log.error("%s: handler failed: %r", self.peer, exc, exc_info=exc)
+            extra = {"event": "error", "client": self.peer}
+            log.error("%s: handler failed: %r", self.peer, exc, exc_info=exc, extra=extra)
             self.close(f"internal error: {exc!r}")
             return
         self.flush()

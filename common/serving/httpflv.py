@@ -15,11 +15,16 @@ from common.hub.packet import FLV, http_chunk
 from common.hub.stream import Stream
 from common.keys import StreamKey
 from common.media.flv import flv_file_header
+from common.media.metadata import metadata_properties
 from common.serving.access import ConnectionLimiter
 from common.serving.playback import Playback
 from common.serving.policy import Rejected, SourceUnavailable
 
 log = logging.getLogger(__name__)
+
+# How long a new viewer waits for a stream's metadata or sequence headers before its FLV header is sent: an
+# edge's first viewer is admitted at Play.Start, a few milliseconds before the origin's cached headers arrive.
+TRACKS_WAIT = 1.0
 
 PLAYBACK_KEY = web.AppKey("playback", Playback)
 LIMITER_KEY = web.AppKey("connection_limiter", ConnectionLimiter)
@@ -94,12 +99,42 @@ async def _stream_flv(
     )
     response.enable_chunked_encoding()
     await response.prepare(request)
+    audio, video = await stream_tracks(stream)
     viewer = FlvViewer(transport, stream, peer)
-    viewer.write(http_chunk(flv_file_header()))
+    viewer.write(http_chunk(flv_file_header(audio=audio, video=video)))
     playback.subscribe(stream, viewer, peer, "HTTP-FLV")
     try:
         reason = await viewer.done
-        log.info("%s: HTTP-FLV viewer of %s done: %s", peer, stream.key, reason)
+        log.info(
+            "%s: HTTP-FLV viewer of %s done: %s",
+            peer,
+            stream.key,
+            reason,
+            extra={"event": "play_stop", "stream": str(stream.key), "client": peer, "format": "HTTP-FLV"},
+        )
     finally:  # also on cancellation: the client went away and aiohttp cancels the handler
         playback.unsubscribe(stream, viewer)
     return response
+
+
+def known_tracks(stream: Stream) -> tuple[bool, bool] | None:
+    """(audio, video) as the stream says so far: its onMetaData (ffmpeg and OBS write a codec id per track
+    they carry), else the sequence headers seen; None while nothing is known."""
+    if stream.metadata is not None:
+        props = metadata_properties(stream.metadata.payload)
+        if props is not None and ("audiocodecid" in props or "videocodecid" in props):
+            return "audiocodecid" in props, "videocodecid" in props
+    if stream.audio_header is not None or stream.video_header is not None:
+        return stream.audio_header is not None, stream.video_header is not None
+    return None
+
+
+async def stream_tracks(stream: Stream) -> tuple[bool, bool]:
+    """The tracks to announce in the FLV header. Players that trust it (mpegts.js) wait forever for a track
+    announced but absent, so it must be right; unknown after TRACKS_WAIT: both, as a plain FLV muxer says."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TRACKS_WAIT
+    # Polled: the hub has no "headers arrived" signal, and a bounded poll for one new viewer costs nothing.
+    while (tracks := known_tracks(stream)) is None and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    return tracks if tracks is not None else (True, True)

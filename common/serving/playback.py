@@ -29,6 +29,7 @@ class Playback:
         self.policy = policy
         self.gate = gate or PlayGate()
         self.viewers: set[Viewer] = set()  # every viewer playing now, of any format
+        self.polled_viewers = 0  # HLS viewers, which hold no connection (join_polled, leave_polled)
 
     def open(self, key: StreamKey, query: str) -> Stream | None:
         """The local stream if something feeds it now (no waiting). Raises Rejected when the viewer may
@@ -51,11 +52,31 @@ class Playback:
         self.viewers.add(viewer)
         stream.add_subscriber(viewer)
         self.policy.viewer_joined(stream)
-        log.info("%s: playing %s over %s (%d viewers)", peer, stream.key, how, stream.viewers)
+        log.info(
+            "%s: playing %s over %s (%d viewers)",
+            peer,
+            stream.key,
+            how,
+            stream.viewers,
+            extra={"event": "play", "stream": str(stream.key), "client": peer, "format": how},
+        )
 
     def unsubscribe(self, stream: Stream, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
         stream.remove_subscriber(viewer)
+        self.policy.viewer_left(stream)
+        self.hub.discard_if_idle(stream)
+
+    def join_polled(self, stream: Stream, peer: str, how: str) -> None:
+        """A viewer that polls (HLS) rather than subscribes: counted on the stream while it keeps asking."""
+        self.polled_viewers += 1
+        stream.polled_viewers += 1
+        self.policy.viewer_joined(stream)
+        log.info("%s: playing %s over %s (%d viewers)", peer, stream.key, how, stream.viewers)
+
+    def leave_polled(self, stream: Stream) -> None:
+        self.polled_viewers -= 1
+        stream.polled_viewers -= 1
         self.policy.viewer_left(stream)
         self.hub.discard_if_idle(stream)
 

@@ -89,13 +89,17 @@ class RtmpService:
             if now - self._refusals_logged_at > 1.0:  # a flood must not flood the log too
                 self._refusals_logged_at = now
                 log.warning(
-                    "%s: connection refused: %s (%d refused so far)", conn.peer, refused, self.connections_refused
+                    "%s: connection refused: %s (%d refused so far)",
+                    conn.peer,
+                    refused,
+                    self.connections_refused,
+                    extra={"event": "refused", "client": conn.peer},
                 )
             conn.abort(refused)
             return
         self.connections.add(conn)
         self.connections_total += 1
-        log.debug("%s: connected", conn.peer)
+        log.info("%s: connected", conn.peer, extra={"event": "connect", "client": conn.peer})
 
     def connection_closed(self, conn: RtmpServerProtocol) -> None:
         if conn not in self.connections:
@@ -107,11 +111,13 @@ class RtmpService:
         conn.publishing.clear()
         if conn.viewer is not None:
             self._end_play(conn, conn.viewer)
-        log.info("%s: closed (%s)", conn.peer, conn.close_reason)
+        log.info("%s: closed (%s)", conn.peer, conn.close_reason, extra={"event": "close", "client": conn.peer})
 
     def protocol_error(self, conn: RtmpServerProtocol, reason: str) -> None:
         self.protocol_errors += 1
-        log.warning("%s: RTMP protocol error, closing: %s", conn.peer, reason)
+        log.warning(
+            "%s: RTMP protocol error, closing: %s", conn.peer, reason, extra={"event": "error", "client": conn.peer}
+        )
 
     def handle(self, conn: RtmpServerProtocol, event: Event) -> Awaitable[None] | None:
         handler = self._handlers.get(type(event))
@@ -151,7 +157,12 @@ class RtmpService:
             conn.session.reject(event.stream_id, "NetStream.Publish.Failed", str(exc))
             return None
         if stream.source is not None:
-            log.warning("%s: refused publish of %s: already published", conn.peer, key)
+            log.warning(
+                "%s: refused publish of %s: already published",
+                conn.peer,
+                key,
+                extra={"event": "publish_refused", "stream": str(key), "client": conn.peer},
+            )
             conn.session.reject(event.stream_id, "NetStream.Publish.BadName", f"{key} is already being published")
             return None
         stream.attach(conn)  # reserve before any await, so a racing second publisher is refused
@@ -165,7 +176,13 @@ class RtmpService:
             if not admitted:
                 self.policy.publisher_left(stream)  # it left while being admitted: give back what the policy took
         except Rejected as exc:
-            log.warning("%s: refused publish of %s: %s", conn.peer, stream.key, exc.description)
+            log.warning(
+                "%s: refused publish of %s: %s",
+                conn.peer,
+                stream.key,
+                exc.description,
+                extra={"event": "publish_refused", "stream": str(stream.key), "client": conn.peer},
+            )
             conn.session.reject(event.stream_id, exc.code, exc.description)
         finally:
             if not admitted:  # refused, the publisher went away meanwhile, or the policy failed
@@ -180,7 +197,12 @@ class RtmpService:
                 )
             conn.publishing[event.stream_id] = stream
             conn.session.accept_publish(event.stream_id, event.name)
-            log.info("%s: publishing %s", conn.peer, stream.key)
+            log.info(
+                "%s: publishing %s",
+                conn.peer,
+                stream.key,
+                extra={"event": "publish", "stream": str(stream.key), "client": conn.peer},
+            )
 
     def _on_play(self, conn: RtmpServerProtocol, event: PlayRequested) -> Awaitable[None] | None:
         if conn.viewer is not None or event.stream_id != MEDIA_STREAM_ID:
@@ -193,20 +215,28 @@ class RtmpService:
         try:
             stream = self.playback.open(key, event.query)
         except Rejected as exc:
-            log.warning("%s: refused play of %s: %s", conn.peer, key, exc.description)
-            conn.session.reject(event.stream_id, exc.code, exc.description)
+            self._refuse_play(conn, key, event, exc)
             return None
         if stream is not None:
             self._start_play(conn, stream, event)
             return None
         return self._play_from_source(conn, key, event)
 
+    def _refuse_play(self, conn: RtmpServerProtocol, key: StreamKey, event: PlayRequested, exc: Rejected) -> None:
+        log.warning(
+            "%s: refused play of %s: %s",
+            conn.peer,
+            key,
+            exc.description,
+            extra={"event": "play_refused", "stream": str(key), "client": conn.peer},
+        )
+        conn.session.reject(event.stream_id, exc.code, exc.description)
+
     async def _play_from_source(self, conn: RtmpServerProtocol, key: StreamKey, event: PlayRequested) -> None:
         try:
             stream = await self.playback.locate(key, event.query)
         except Rejected as exc:
-            log.warning("%s: refused play of %s: %s", conn.peer, key, exc.description)
-            conn.session.reject(event.stream_id, exc.code, exc.description)
+            self._refuse_play(conn, key, event, exc)
             return
         except SourceUnavailable as exc:
             log.warning("%s: play of %s: %s", conn.peer, key, exc)
@@ -242,7 +272,13 @@ class RtmpService:
     def _end_publish(self, conn: RtmpServerProtocol, stream: Stream) -> None:
         if stream.source is not conn:
             return
-        log.info("%s: unpublished %s (%d bytes in)", conn.peer, stream.key, stream.bytes_in)
+        log.info(
+            "%s: unpublished %s (%d bytes in)",
+            conn.peer,
+            stream.key,
+            stream.bytes_in,
+            extra={"event": "unpublish", "stream": str(stream.key), "client": conn.peer},
+        )
         self.policy.publisher_left(stream)
         if self.publish_grace > 0 and stream.viewers > 0 and not self._closing:
             # An encoder restart or a network blip: keep the viewers for a while; a publisher that comes

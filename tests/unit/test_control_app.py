@@ -123,6 +123,7 @@ async def test_route_play(client: Client) -> None:
         "region": "us",
         "rtmp": "rtmp://edge-us-1.test:1935/live/x",
         "flv": "http://edge-us-1.test:8080/live/x.flv",
+        "hls": "http://edge-us-1.test:8080/live/x.m3u8",
         "client_region": "us",
         "region_source": "query",
     }
