@@ -36,6 +36,9 @@ CORS = {"Access-Control-Allow-Origin": "*"}
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 MIN_VIEWER_TIMEOUT = 3.0  # seconds: floor of the three-target-durations silence that ends a viewer
 SWEEP_INTERVAL = 1.0
+# Both keyed by what clients send (a query string, a sid): bounded, so varying them cannot grow memory.
+MAX_CACHED_PLAYLISTS = 32  # distinct queries whose playlist text is kept for the current part
+MAX_VIEWERS_PER_STREAM = 50_000
 
 
 @dataclass
@@ -85,7 +88,9 @@ class HlsChannel:
     def playlist(self, query: str) -> str:
         text = self._playlists.get(query)
         if text is None:
-            text = self._playlists[query] = render(self.segmenter, self.part_target, query, f"{self.stream.name}/")
+            text = render(self.segmenter, self.part_target, query, f"{self.stream.name}/")
+            if len(self._playlists) < MAX_CACHED_PLAYLISTS:
+                self._playlists[query] = text
         return text
 
     @property
@@ -219,6 +224,8 @@ class HlsService:
             log.info("%s: HLS packager started", key)
         identity = request.query.get("sid") or _client_identity(request)
         if identity not in channel.viewers:
+            if len(channel.viewers) >= MAX_VIEWERS_PER_STREAM:
+                raise web.HTTPServiceUnavailable(text=f"{key} has its maximum of HLS viewers here\n", headers=CORS)
             self.playback.join_polled(stream, request.remote or "?", "LL-HLS")
         channel.viewers[identity] = self.clock()
         return channel

@@ -191,3 +191,18 @@ async def test_blocking_reload_returns_when_the_part_appears() -> None:
     assert channel.segmenter.parts_built == 1
     channel.close()
     assert stream.taps == []
+
+
+async def test_playlists_cached_per_query_are_bounded() -> None:
+    from common.serving.hls import MAX_CACHED_PLAYLISTS
+
+    stream = Stream(StreamKey("live", "x"), HubLimits(merge_window=0))
+    stream.source = object()  # type: ignore[assignment]
+    channel = HlsChannel(stream, 0.5, asyncio.get_running_loop().time)
+    stream.feed(VIDEO, 0, b"\x17\x00\x00\x00\x00" + AVCC)
+    for i in range(30):
+        stream.feed(VIDEO, i * 40, video_tag(i % 25 == 0, 0))
+    texts = {channel.playlist(f"sid={n}") for n in range(MAX_CACHED_PLAYLISTS * 3)}  # a client varying its query
+    assert len(texts) == MAX_CACHED_PLAYLISTS * 3  # each still answered with its own URIs
+    assert len(channel._playlists) == MAX_CACHED_PLAYLISTS  # but only so many are kept
+    channel.close()
