@@ -10,12 +10,14 @@ connected, and during the burst the reported loads are always behind the decisio
 SLACK, the constant on top of (1 + epsilon) x mean, is what the design leaves (common.placement.unreported):
 - 1: the capacity is rounded up to a whole viewer;
 - the other replica's decisions not yet seen: at most its rate x (2 x pending_interval + a Redis round
-  trip) ~ 1,500/s x 12 ms = 18;
+  trip), ~1,500/s x 12 ms = 18 on an idle machine, but the exchange runs on a busy event loop: on a
+  loaded 2-core CI machine (the whole suite running) it stretches to ~40 ms, ~60 viewers;
 - pending_lag over-counts a little on purpose (a heartbeat's late viewers are counted from its edge's
   last PENDING_LAG s of decisions, some of which the heartbeat did count): that raises the average the
   capacity is taken from, briefly, by a few dozen viewers here.
-Measured on this 2-core machine: the busiest edge 0-42 above (1 + epsilon) x mean; SLACK = 80 leaves
-margin. Without the pending counts the busiest edge gets ~1,600-2,200 (the second test).
+Measured on this 2-core machine: the busiest edge 0-42 above (1 + epsilon) x mean when run alone, 83 in a
+full CI run; SLACK = 120 leaves margin. Without the pending counts the busiest edge gets ~1,600-2,200 (the
+second test), far above the bound either way.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ pytestmark = pytest.mark.integration
 EDGES = ("edge-a", "edge-b", "edge-c")
 VIEWERS = 3000
 EPSILON = 0.25
-SLACK = 80
+SLACK = 120
 HEARTBEAT = 1.0  # seconds, the nodes' default; staggered over the edges
 CONNECT_DELAY = 0.005  # seconds from the answer to the viewer counted by its edge
 CONCURRENCY = 16  # requests in flight per control plane
