@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from common.aio import cancel_and_wait
 from common.backoff import Backoff
 from common.hub.stream import Stream
 from common.keys import StreamKey
@@ -86,8 +87,7 @@ class EdgeRole:
         try:
             yield
         finally:
-            events.cancel()
-            await asyncio.gather(events, return_exceptions=True)
+            await cancel_and_wait(events)
             await self.pulls.stop_all()
 
     async def _follow_events(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from common.aio import cancel_and_wait
 from common.hub.stream import Stream
 from common.keys import StreamKey
 from common.registry import RegistryError, StreamClaim
@@ -149,8 +150,7 @@ class OriginRole:
         try:
             yield
         finally:
-            renewals.cancel()
-            await asyncio.gather(renewals, return_exceptions=True)
+            await cancel_and_wait(renewals)
             await self.release_all()
             await self.auth.close()
 

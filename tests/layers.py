@@ -26,6 +26,7 @@ LAYERS: Mapping[str, int] = {
     "common.redact": 1,
     "common.backoff": 1,
     "common.signing": 1,
+    "common.aio": 1,
     "common.rtmp": 1,
     # media (FLV, metadata) reads AMF0
     "common.media": 2,

@@ -28,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
+from common.aio import cancel_and_wait
 from common.backoff import Backoff
 from common.hub.packet import HubLimits
 from common.hub.stream import Hub
@@ -305,9 +306,7 @@ class Node:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
             with contextlib.suppress(RegistryError, TimeoutError):
                 async with asyncio.timeout(2):
                     await self.registry.remove_node(self.settings.node_id)

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
 
+from common.aio import cancel_and_wait
 from common.hub.packet import Packet
 from common.hub.stream import Stream
 from common.keys import StreamKey
@@ -261,9 +262,7 @@ class HlsService:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
 
 def _blocking_request(request: web.Request) -> tuple[int | None, int | None]:
