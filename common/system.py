@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import resource
 import socket
 import subprocess
@@ -18,6 +19,13 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity: `taskset`, cpusets), not every core of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # pragma: no cover - platforms without affinity (macOS)
 
 
 def wait_listening(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> None:

@@ -238,7 +238,7 @@ class Puller:
         if upstream is None:
             return Outcome.MISSING
         try:
-            client = await RtmpClient.connect(self._with_pull_token(upstream.url), limits=self.settings.limits)
+            client = await RtmpClient.connect(self._with_pull_token(upstream), limits=self.settings.limits)
         except (OSError, TimeoutError, RtmpClientError) as exc:
             log.warning("%s: cannot connect to upstream %s: %s", self.key, upstream.url, exc)
             return Outcome.UNREACHABLE
@@ -302,9 +302,10 @@ class Puller:
                     await asyncio.shield(client.closed)
         return client.closed.result()
 
-    def _with_pull_token(self, url: str) -> str:
+    def _with_pull_token(self, upstream: Upstream) -> str:
         """The upstream URL with a short-lived pull token (never a viewer's token: those stay here)."""
-        secret = self.settings.cluster_secret
+        url = upstream.url
+        secret = upstream.pull_secret or self.settings.cluster_secret
         if secret is None:
             return url
         token = sign(secret, PULL, self.key, int(time.time()) + PULL_TOKEN_TTL)
@@ -316,14 +317,23 @@ class Puller:
 
 
 class PullManager:
-    """At most one Puller per stream; concurrent first viewers all wait on it."""
+    """At most one Puller per stream; concurrent first viewers all wait on it. ``internal``: the streams
+    pulled from within the node (from the worker process that owns them), counted apart from the pulls."""
 
-    def __init__(self, hub: Hub, resolver: Resolver, settings: PullSettings) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        resolver: Resolver,
+        settings: PullSettings,
+        internal: Callable[[StreamKey], bool] | None = None,
+    ) -> None:
         self.hub = hub
         self.resolver = resolver
         self.settings = settings
+        self.internal = internal
         self.pullers: dict[StreamKey, Puller] = {}
         self.pulls_started = 0
+        self.internal_pulls_started = 0
 
     async def acquire(self, key: StreamKey) -> Stream | None:
         """The stream, fed by its pull; None when nobody publishes it. SourceUnavailable when the registry
@@ -333,7 +343,10 @@ class PullManager:
             stream = self.hub.get_or_create(key)
             puller = Puller(self.hub, stream, self.resolver, self.settings, self._stopped)
             self.pullers[key] = puller
-            self.pulls_started += 1
+            if self.internal is not None and self.internal(key):
+                self.internal_pulls_started += 1
+            else:
+                self.pulls_started += 1
             puller.start()
         try:
             async with asyncio.timeout(self.settings.pull_timeout):

@@ -17,19 +17,25 @@ from common.keys import StreamKey
 from common.registry import Registry, RegistryError
 from common.runtime.config import EdgeSettings, secret
 from common.runtime.role import CleanupContext, NodeContext
+from common.runtime.workerplan import WorkerPlan
 from common.serving.policy import Rejected
 from edge.puller import PullManager, PullSettings
-from edge.upstream import ParentTierResolver, RegistryResolver, Resolver, StaticResolver
+from edge.upstream import ParentTierResolver, RegistryResolver, Resolver, SiblingResolver, StaticResolver
 
 log = logging.getLogger(__name__)
 
 
-def make_resolver(settings: EdgeSettings, registry: Registry) -> Resolver:
+def make_resolver(settings: EdgeSettings, registry: Registry, worker: WorkerPlan | None = None) -> Resolver:
+    resolver: Resolver
     if settings.upstream:
-        return StaticResolver(settings.upstream)
-    if settings.parent_region:
-        return ParentTierResolver(registry, settings.parent_region, settings.node_id)
-    return RegistryResolver(registry)
+        resolver = StaticResolver(settings.upstream)
+    elif settings.parent_region:
+        resolver = ParentTierResolver(registry, settings.parent_region, settings.node_id)
+    else:
+        resolver = RegistryResolver(registry)
+    if worker is not None:
+        return SiblingResolver(resolver, worker, secret(settings.cluster_secret))
+    return resolver
 
 
 class EdgeRole:
@@ -42,9 +48,10 @@ class EdgeRole:
         if not isinstance(settings, EdgeSettings):
             raise TypeError("an edge needs EdgeSettings")
         self.registry = ctx.registry
+        self.worker = ctx.worker
         self.pulls = PullManager(
             ctx.hub,
-            make_resolver(settings, ctx.registry),
+            make_resolver(settings, ctx.registry, ctx.worker),
             PullSettings(
                 ctx.session_limits,
                 settings.idle_grace,
@@ -54,7 +61,12 @@ class EdgeRole:
                 settings.publish_grace,
                 secret(settings.cluster_secret),
             ),
+            internal=self._from_sibling if ctx.worker is not None else None,
         )
+
+    def _from_sibling(self, key: StreamKey) -> bool:
+        """Whether this worker pulls ``key`` from the worker that owns it rather than from the cluster."""
+        return self.worker is not None and self.worker.owner_of(key) != self.worker.index
 
     # -- the stream policy ---------------------------------------------------------------------------
 
@@ -113,10 +125,17 @@ class EdgeRole:
 
     def stream_extra(self, stream: Stream) -> dict[str, Any]:
         puller = self.pulls.puller_of(stream)
-        return {"upstream": puller.url if puller else None, "upstream_connects": puller.connects if puller else 0}
+        url, connects = (puller.url, puller.connects) if puller is not None else (None, 0)
+        if self._from_sibling(stream.key):
+            # Not an upstream of the node: the node's pull of the stream is its owner's (/metrics sums pulls).
+            return {"upstream": None, "upstream_connects": 0, "sibling_upstream": url, "sibling_connects": connects}
+        return {"upstream": url, "upstream_connects": connects}
 
     def node_extra(self) -> dict[str, Any]:
-        return {"upstream": self.pulls.resolver.description, "pulls_started": self.pulls.pulls_started}
+        extra: dict[str, Any] = {"upstream": self.pulls.resolver.description, "pulls_started": self.pulls.pulls_started}
+        if self.worker is not None:
+            extra["sibling_pulls_started"] = self.pulls.internal_pulls_started
+        return extra
 
     def banner_lines(self) -> list[str]:
         return [f"  upstream:   {self.pulls.resolver.description}"]

@@ -1,4 +1,5 @@
-"""Where an edge pulls a stream from: the registry's owning origin, a parent edge tier, or a static server."""
+"""Where an edge pulls a stream from: the registry's owning origin, a parent edge tier, or a static server;
+and, in a node of several worker processes, the worker that owns the stream."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Protocol
 from common.keys import StreamKey
 from common.placement.hashing import rendezvous_weight
 from common.registry import Registry
+from common.runtime.workerplan import WorkerPlan
 
 log = logging.getLogger(__name__)
 
@@ -16,11 +18,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Upstream:
     """Where to pull a stream from. ``epoch`` and ``origin``: the registry claim it comes from, when the
-    edge pulls the owning origin directly (a newer claim elsewhere fences this one off)."""
+    edge pulls the owning origin directly (a newer claim elsewhere fences this one off). ``pull_secret``:
+    signs the pull instead of the cluster secret (a sibling worker's, where the node has no cluster secret)."""
 
     url: str
     epoch: int | None = None
     origin: str | None = None
+    pull_secret: str | None = None
 
 
 class Resolver(Protocol):
@@ -79,3 +83,23 @@ class ParentTierResolver:
         # Rendezvous hashing, the one implementation (the cluster simulation runs the same function).
         best = max(parents, key=lambda n: rendezvous_weight(n.id, str(key)))
         return Upstream(f"rtmp://{best.rtmp}/{key}")  # the parent follows the owner; no epoch to track here
+
+
+class SiblingResolver:
+    """One pull per stream per node of several worker processes: the worker that owns a stream
+    (WorkerPlan.owner_of) pulls it as a node of one process would (``owner``); every other worker pulls it
+    from that worker's private loopback port, as a child edge pulls from a parent edge. Its pull is one
+    viewer of the owner's, so the owner's pull outlives it by ``idle_grace`` as for any viewer."""
+
+    def __init__(self, owner: Resolver, plan: WorkerPlan, cluster_secret: str | None) -> None:
+        self.owner = owner
+        self.plan = plan
+        # Signed like any edge's pull when the cluster has a secret; with the node's own secret otherwise,
+        # since an owner with a play secret lets no unsigned viewer in.
+        self.pull_secret = None if cluster_secret is not None else plan.secret
+        self.description = f"{owner.description}, through worker {plan.index} of {plan.count} for its streams"
+
+    async def resolve(self, key: StreamKey) -> Upstream | None:
+        if self.plan.owner_of(key) == self.plan.index:
+            return await self.owner.resolve(key)
+        return Upstream(self.plan.sibling_url(key), pull_secret=self.pull_secret)

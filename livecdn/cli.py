@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -30,6 +31,8 @@ from common.runtime.config import (
 from common.runtime.node import Node
 from common.runtime.role import RoleFactory
 from common.runtime.run import configure_logging, run_forever, serve, stop_on_signals
+from common.runtime.supervisor import Supervisor, SupervisorError
+from common.runtime.workerplan import PlanError, WorkerPlan
 from control.settings import ControlSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -109,6 +112,32 @@ def _run_node(settings: NodeSettings, role: RoleFactory) -> None:
     run_forever(serve(Node(settings, role)))
 
 
+def _supervise(settings: EdgeSettings) -> None:
+    """An edge of several processes: this one supervises, each worker is `python -m livecdn edge --worker I`."""
+    configure_logging(settings.log_level, settings.log_format, settings.node_id)
+
+    def worker_command(index: int) -> list[str]:
+        return [sys.executable, "-m", "livecdn", "edge", "--worker", str(index)]
+
+    try:
+        code = run_forever(Supervisor(settings, "edge", settings.workers, worker_command).run())
+    except SupervisorError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
+
+
+def _run_worker(index: int, role: RoleFactory) -> None:
+    """One worker process of an edge: everything it runs on comes from its supervisor's plan."""
+    try:
+        plan = WorkerPlan.from_env(os.environ, index)
+    except PlanError as exc:
+        raise click.UsageError(str(exc)) from None
+    settings = EdgeSettings.model_validate(plan.settings)
+    configure_logging(settings.log_level, settings.log_format, settings.node_id, index)
+    armed = plan.exit_with_supervisor()
+    run_forever(serve(Node(settings, role, worker=plan), watch_parent=not armed))
+
+
 def _refuse_an_island(registry: str, who: str, would_miss: str, instead: str = "") -> None:
     """memory:// cannot span processes: an edge or control plane started on its own with it would start
     fine and never see anyone. (`livecdn up` builds its nodes in one process and shares one registry, so this
@@ -149,16 +178,29 @@ def origin(config_file: str | None, **flags: Any) -> None:
 @click.option("--upstream", help="static upstream rtmp://HOST:PORT/APP, any RTMP server [LIVECDN_UPSTREAM]")
 @click.option("--parent-region", help="pull through an edge of this region (mid tier) [LIVECDN_PARENT_REGION]")
 @click.option("--idle-grace", type=float, help="seconds a pull outlives its last viewer [LIVECDN_IDLE_GRACE, 15]")
-def edge(config_file: str | None, **flags: Any) -> None:
+@click.option(
+    "--workers",
+    type=int,
+    help="processes sharing the node's ports, one pull per stream between them; 1: a single process "
+    "[LIVECDN_WORKERS, default: the cores this process may use]",
+)
+@click.option("--worker", "worker_index", type=int, hidden=True, help="internal: run as worker I of a supervisor")
+def edge(config_file: str | None, worker_index: int | None, **flags: Any) -> None:
     """Run an edge node: pulls each stream once on demand and fans it out to viewers."""
     from edge.role import EdgeRole
 
+    if worker_index is not None:
+        _run_worker(worker_index, EdgeRole)
+        return
     settings = _settings(EdgeSettings, config_file, **flags)
     if not settings.upstream:  # a static upstream needs no registry; origins and parent edges do
         _refuse_an_island(
             settings.registry, "this edge", "the origins (or parent edges)", ", give it a static --upstream"
         )
-    _run_node(settings, EdgeRole)
+    if settings.workers > 1:
+        _supervise(settings)
+    else:
+        _run_node(settings, EdgeRole)
 
 
 @cli.command()

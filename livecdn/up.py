@@ -95,6 +95,7 @@ async def up(options: UpOptions, stop: asyncio.Event | None = None) -> None:
                     node_id=f"edge-{region}-1",
                     idle_grace=options.idle_grace,
                     cluster_secret=cluster_secret,
+                    workers=1,  # every node of `up` shares this one process
                 ),
                 EdgeRole,
                 registry,

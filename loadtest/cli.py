@@ -138,6 +138,13 @@ def publish(file: Path, url: str, duration: float | None, connect_timeout: float
 @click.option("--rcvbuf", type=click.IntRange(4096, 64 * 1024 * 1024), default=None, help="default: kernel's")
 @click.option("--connect-timeout", type=click.FloatRange(0, 120, min_open=True), default=10.0, show_default=True)
 @click.option(
+    "--settle",
+    type=click.FloatRange(0, 60),
+    default=0.0,
+    show_default=True,
+    help="s between the ramp and the measuring interval: a GOP or more for servers without a GOP cache",
+)
+@click.option(
     "--epoch-ms", type=float, default=None, help="publisher epoch for lag when the server drops it from metadata"
 )
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
@@ -154,6 +161,7 @@ def swarm(
     rcvlowat: int,
     rcvbuf: int | None,
     connect_timeout: float,
+    settle: float,
     epoch_ms: float | None,
     json_path: Path | None,
     progress: bool,
@@ -176,6 +184,7 @@ def swarm(
             rcvlowat=rcvlowat,
             rcvbuf=rcvbuf,
             connect_timeout=connect_timeout,
+            settle=settle,
             flv_url=flv_url,
             epoch_ms=epoch_ms,
         )
@@ -300,7 +309,7 @@ def hls_viewers(url: str | None, viewers: str, duration: float, ramp: float, pid
     with contextlib.ExitStack() as stack:
         if flv is not None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="livecdn-hls-")))
-            server = start_livecdn(workdir, node_core=0, load_core=1, merge_window=0.0)
+            server = start_livecdn(workdir, node_core=0, load_core=1, merge_window=None)
             stack.callback(server.stop)
             stack.enter_context(publishing(flv, server.publish_url, 1))
             assert server.flv_url is not None

@@ -64,8 +64,9 @@ class ScenarioConfig:
     server_kind: str  # livecdn | nginx
     steps: tuple[int, ...]  # viewer counts, in order
     flv: Path  # the pre-encoded FLV the publisher loops
-    merge_window: float  # livecdn's edge merge window, seconds (unused for nginx)
-    duration: float  # steady seconds per step, after the ramp
+    merge_window: float | None  # livecdn's edge merge window, seconds; None: adaptive (unused for nginx)
+    duration: float  # steady seconds per step, after the ramp and the settle time
+    settle: float  # seconds between the ramp and the measuring interval (a GOP: see SwarmConfig.settle)
     ramp: float  # viewers started per second
     probes: int
     node_core: int | None  # core the server under test is pinned to
@@ -77,6 +78,7 @@ class ScenarioConfig:
     keep_going: bool  # run every step even after one fails
     stalled: int  # extra viewers that stop reading after the ramp
     protocol: str  # rtmp | flv | mixed (servers without HTTP-FLV get rtmp)
+    workers: int = 1  # livecdn's edge --workers (more than 1: not pinned, it takes every core)
 
     def swarm_config(self, server: ServerUnderTest, viewers: int, epoch_ms: float) -> SwarmConfig:
         """The swarm of one step against ``server``."""
@@ -84,7 +86,8 @@ class ScenarioConfig:
             url=server.play_url,
             viewers=viewers,
             ramp=self.ramp,
-            duration=viewers / self.ramp + self.duration,
+            duration=viewers / self.ramp + self.settle + self.duration,
+            settle=self.settle,
             protocol=self.protocol if server.flv_url else "rtmp",
             probes=self.probes,
             bitrate_kbps=self.bitrate_kbps,
@@ -118,8 +121,9 @@ async def run_step(
     load_core: int | None,
     workdir: Path,
     stalled: int = 0,
+    node_core: int | None = None,
 ) -> StepResult:
-    sampler = CpuSampler(server.measured, load_core)
+    sampler = CpuSampler(server.measured, load_core, node_core)
     sampler.sample()
     rss_before = sampler.samples[0][2]
     task = asyncio.create_task(sampler.run())
@@ -146,11 +150,14 @@ async def run_step(
             with contextlib.suppress(asyncio.CancelledError):
                 await staller
     after = server.stream_stats() or {}
+    node_after = (server.stats() or {}).get("node", {})
     for client in stalls:
         client.close()
-    interval_start = started + (report.ramp_seconds or config.duration)
+    interval_start = started + (report.measure_offset_s or config.duration)
     cpu = sampler.cpu_percent(interval_start, interval_start + report.interval_seconds)
     load = sampler.load_percent(interval_start, interval_start + report.interval_seconds)
+    core = sampler.node_core_percent(interval_start, interval_start + report.interval_seconds)
+    user = sampler.user_percent(interval_start, interval_start + report.interval_seconds)
     rss = sampler.peak_rss
     held = report.viewers_connected - report.viewers_dropped
     passed, why = criteria.judge(report)
@@ -160,12 +167,15 @@ async def run_step(
         why=why,
         node_cpu_percent=round(cpu, 1) if cpu is not None else None,
         load_core_percent=round(load, 1) if load is not None else None,
+        node_core_percent=round(core, 1) if core is not None else None,
+        node_user_percent=round(user, 1) if user is not None else None,
         cpu_per_100_viewers=round(cpu * 100 / held, 2) if cpu is not None and held else None,
         node_rss_mb=round(rss / 2**20, 1),
         rss_per_viewer_kb=round((rss - rss_before) / 1024 / held, 1) if held else None,
         stalled=stalled,
         server_dropped=after.get("viewers_dropped", 0) - before.get("viewers_dropped", 0) if after else None,
         server_skips=after.get("viewer_skips", 0) - before.get("viewer_skips", 0) if after else None,
+        merge_window=node_after.get("merge_window"),
         swarm=asdict(report),
     )
 
@@ -173,7 +183,7 @@ async def run_step(
 async def run_scenario(config: ScenarioConfig) -> list[StepResult]:
     workdir = Path(tempfile.mkdtemp(prefix=f"livecdn-bench-{config.server_kind}-"))
     if config.server_kind == "livecdn":
-        server = start_livecdn(workdir, config.node_core, config.load_core, config.merge_window)
+        server = start_livecdn(workdir, config.node_core, config.load_core, config.merge_window, workers=config.workers)
     else:
         server = start_nginx(workdir, config.node_core)
     results: list[StepResult] = []
@@ -190,7 +200,9 @@ async def run_scenario(config: ScenarioConfig) -> list[StepResult]:
             for viewers in config.steps:
                 swarm = config.swarm_config(server, viewers, epoch_ms)
                 print(f"\n== {config.server_kind}: {viewers} viewers ==", file=sys.stderr, flush=True)
-                result = await run_step(server, swarm, config.criteria, config.load_core, workdir, config.stalled)
+                result = await run_step(
+                    server, swarm, config.criteria, config.load_core, workdir, config.stalled, config.node_core
+                )
                 results.append(result)
                 print(f"   -> {'PASS' if result.passed else 'FAIL: ' + result.why}", file=sys.stderr, flush=True)
                 if not result.passed and not config.keep_going:
@@ -215,12 +227,26 @@ async def run_scenario(config: ScenarioConfig) -> list[StepResult]:
 @click.option(
     "--merge-window",
     "windows",
-    default="0.02",
+    default="adaptive",
     show_default=True,
-    help="livecdn merge window(s) in seconds, comma-separated for a curve",
+    help="livecdn's edge merge window(s): seconds or 'adaptive' (its default), comma-separated for a curve",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="livecdn's edge worker processes; above 1 the edge is not pinned and shares every core with the load",
 )
 @click.option("--duration", type=float, default=15.0, show_default=True, help="steady seconds per step (after ramp)")
 @click.option("--ramp", type=float, default=500.0, show_default=True, help="viewers started per second")
+@click.option(
+    "--settle",
+    type=click.FloatRange(0, 60),
+    default=2.5,
+    show_default=True,
+    help="s after the ramp before measuring: longer than a GOP, as nginx-rtmp starts viewers at a key frame",
+)
 @click.option("--probes", type=int, default=5, show_default=True)
 @click.option(
     "--flv",
@@ -251,6 +277,7 @@ def scenario(
     windows: str,
     duration: float,
     ramp: float,
+    settle: float,
     probes: int,
     flv: Path | None,
     bitrate_kbps: float | None,
@@ -264,6 +291,7 @@ def scenario(
     keep_going: bool,
     stalled: int,
     json_path: Path | None,
+    workers: int,
 ) -> None:
     """Step up viewers against livecdn and/or nginx-rtmp on one core and report what each holds."""
     counts = [int(x) for x in steps.split(",") if x.strip()]
@@ -280,18 +308,23 @@ def scenario(
         if load_core is not None:
             os.sched_setaffinity(0, {load_core})  # the swarm (this process) stays off the node's core
     criteria = PassCriteria(min_delivered=min_delivered, max_lag_p95_ms=max_lag_p95)
+    try:
+        window_list = [None if w.strip() == "adaptive" else float(w) for w in windows.split(",") if w.strip()]
+    except ValueError:
+        raise click.BadParameter("seconds or 'adaptive', comma-separated", param_hint="--merge-window") from None
     runs: list[dict[str, Any]] = []
     for kind in servers:
-        for window in [float(w) for w in windows.split(",")] if kind == "livecdn" else [None]:
+        for window in window_list if kind == "livecdn" else [None]:
             config = ScenarioConfig(
                 server_kind=kind,
                 steps=tuple(counts),
                 flv=flv,
-                merge_window=window or 0.0,
+                merge_window=window,
                 duration=duration,
+                settle=settle,
                 ramp=ramp,
                 probes=probes,
-                node_core=node_core,
+                node_core=node_core if kind != "livecdn" or workers == 1 else None,
                 load_core=load_core,
                 criteria=criteria,
                 rcvlowat=rcvlowat,
@@ -300,13 +333,17 @@ def scenario(
                 keep_going=keep_going,
                 stalled=stalled,
                 protocol=protocol,
+                workers=workers if kind == "livecdn" else 1,
             )
             results = asyncio.run(run_scenario(config))
-            print_table(kind, window, results)
+            label = kind if kind != "livecdn" else f"livecdn, {workers} worker{'s' if workers > 1 else ''}"
+            print_table(label, window if kind == "livecdn" else "n/a", results)
             runs.append(
                 {
                     "server": kind,
-                    "merge_window": window,
+                    "merge_window": window if kind == "livecdn" else None,
+                    "merge_window_mode": ("adaptive" if window is None else "fixed") if kind == "livecdn" else None,
+                    "workers": workers if kind == "livecdn" else None,
                     "steps": [asdict(r) for r in results],
                     "max_viewers": max((r.viewers for r in results if r.passed), default=0),
                 }
@@ -321,6 +358,7 @@ def scenario(
         "criteria": asdict(criteria),
         "ramp": ramp,
         "steady_seconds": duration,
+        "settle_seconds": settle,
         "rcvlowat": rcvlowat,
         "rcvbuf": rcvbuf,
         "runs": runs,

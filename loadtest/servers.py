@@ -42,13 +42,19 @@ class ServerUnderTest:
     workdir: Path | None = None
     stats_url: str | None = None  # livecdn's /v1/stats of the node under test
 
-    def stream_stats(self) -> dict[str, Any] | None:
+    def stats(self) -> dict[str, Any] | None:
+        """livecdn's /v1/stats of the node under test (None for other servers, or when it does not answer)."""
         if self.stats_url is None:
             return None
         with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(self.stats_url, timeout=5) as response:
-            for stream in json.loads(response.read())["streams"]:
-                if stream["name"] == "bench":
-                    return dict(stream)
+            return dict(json.loads(response.read()))
+        return None
+
+    def stream_stats(self) -> dict[str, Any] | None:
+        stats = self.stats()
+        for stream in stats["streams"] if stats else []:
+            if stream["name"] == "bench":
+                return dict(stream)
         return None
 
     @property
@@ -60,7 +66,10 @@ class ServerUnderTest:
             stop_process(proc, STOP_TIMEOUT_S)
 
 
-def start_livecdn(workdir: Path, node_core: int | None, load_core: int | None, merge_window: float) -> ServerUnderTest:
+def start_livecdn(
+    workdir: Path, node_core: int | None, load_core: int | None, merge_window: float | None, workers: int = 1
+) -> ServerUnderTest:
+    """An origin on the load core and the edge under test (``merge_window`` None: its adaptive default)."""
     # A benchmark: open publishing, and thousands of viewers from one address with no connection limit.
     env = {
         **os.environ,
@@ -71,7 +80,9 @@ def start_livecdn(workdir: Path, node_core: int | None, load_core: int | None, m
     }
     # Only the edge under test merges writes: the origin's one viewer is the edge's pull, and a window
     # there would add its latency to every viewer's.
-    edge_env = {**env, "LIVECDN_MERGE_WINDOW": str(merge_window)}
+    edge_env = {**env, "LIVECDN_WORKERS": str(workers)}
+    if merge_window is not None:
+        edge_env["LIVECDN_MERGE_WINDOW"] = str(merge_window)
     origin_env = {**env, "LIVECDN_MERGE_WINDOW": "0"}
     origin_rtmp, origin_http, edge_rtmp, edge_http = (free_port() for _ in range(4))
     log = (workdir / "nodes.log").open("ab")

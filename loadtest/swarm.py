@@ -77,6 +77,7 @@ class _SwarmRun:
         try:
             async with asyncio.timeout_at(self.t0 + self.config.duration):
                 await ramp
+                await asyncio.sleep(self.config.settle)
                 self._begin_measuring()
                 await asyncio.Event().wait()  # steady state until the deadline
         except TimeoutError:
@@ -247,6 +248,7 @@ class _SwarmRun:
             bytes_received=state.bytes_total,
             ramp_per_s=config.ramp,
             ramp_seconds=self.ramp_done,
+            measure_offset_s=self.measure_start - self.t0 if state.measuring else None,
             interval_seconds=interval,
             interval_viewers=len(self.measured),
             interval_bytes=interval_bytes,
@@ -272,6 +274,7 @@ class _SwarmRun:
                 "rcvlowat_errors": state.rcvlowat_errors,
                 "rcvbuf": config.rcvbuf,
                 "connect_timeout": config.connect_timeout,
+                "settle": config.settle,
                 "duration": config.duration,
                 "probes": config.probes,
                 "scratch_bytes": SCRATCH_BYTES,

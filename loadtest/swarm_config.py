@@ -27,6 +27,11 @@ class SwarmConfig:
     rcvlowat: int = 64 * 1024  # SO_RCVLOWAT on counting viewers once playing (0: leave the default)
     rcvbuf: int | None = None  # SO_RCVBUF for every viewer socket, before connect (None: kernel default)
     connect_timeout: float = 10.0  # TCP connect + session setup until playing
+    # Seconds between the end of the ramp and the start of the measuring interval. A server without a GOP
+    # cache (nginx-rtmp) starts each viewer's video at the NEXT key frame: measured from the ramp's end,
+    # its viewers would all miss up to one GOP of video and read as under-delivered (uniformly ~0.92 for a
+    # 2 s GOP and a 15 s interval). Set it to the stream's GOP or more to compare such servers.
+    settle: float = 0.0
     flv_url: str | None = None  # http://host:port/app/name.flv for flv/mixed
     # The publisher's epoch (ms) when the server rewrites onMetaData and drops livecdnEpochMs (nginx-rtmp
     # does); the loadtest publisher prints it at start. Metadata that carries the field wins.
@@ -43,6 +48,8 @@ class SwarmConfig:
             raise ValueError(f"ramp must be a positive number of viewers per second, got {self.ramp}")
         if not 0 <= self.probes <= MAX_PROBES:
             raise ValueError(f"probes must be in 0..{MAX_PROBES}, got {self.probes}")
+        if not 0 <= self.settle < self.duration:
+            raise ValueError(f"settle must be in [0, duration) seconds, got {self.settle}")
         if not 0 < self.connect_timeout <= 120:
             raise ValueError(f"connect_timeout must be in (0, 120] seconds, got {self.connect_timeout}")
         if self.bitrate_kbps is not None and not self.bitrate_kbps > 0:

@@ -36,6 +36,8 @@ def swarm_command(
         str(config.duration),
         "--rcvlowat",
         str(config.rcvlowat),
+        "--settle",
+        str(config.settle),
         "--protocol",
         config.protocol,
         "--json",

@@ -29,7 +29,8 @@ class SwarmReport:
     bytes_received: int  # every viewer, whole run, wire bytes
     ramp_per_s: float
     ramp_seconds: float | None  # start -> every attempt resolved; None if the run ended first
-    interval_seconds: float  # measuring interval (after the ramp), see the module notes
+    measure_offset_s: float | None  # start -> the measuring interval began (ramp + settle)
+    interval_seconds: float  # measuring interval (after the ramp and the settle time), see the module notes
     interval_viewers: int  # counting viewers playing at the start of the interval
     interval_bytes: int  # what they received during it
     received_mbps: float | None  # interval_bytes as Mbit/s
@@ -85,7 +86,8 @@ class SwarmReport:
             ("ramp", f"{self.ramp_per_s:g}/s, completed in {num(self.ramp_seconds)} s"),
             (
                 "measured interval",
-                f"{self.interval_seconds:.1f} s after the ramp, {self.interval_viewers} counting viewers",
+                f"{self.interval_seconds:.1f} s from {num(self.measure_offset_s)} s (ramp + "
+                f"{self.settings.get('settle', 0):g} s settle), {self.interval_viewers} counting viewers",
             ),
             (
                 "received",

@@ -67,7 +67,8 @@ def http_json(url: str, timeout: float = 2.0) -> Any:
 
 
 # Tests about something else publish without signing URLs; the auth tests set secrets (and this aside).
-OPEN_BY_DEFAULT = {"origin": {"LIVECDN_OPEN_PUBLISH": "true"}}
+# Edges run as one process each unless a test asks for workers (tests/integration/test_edge_workers.py).
+OPEN_BY_DEFAULT = {"origin": {"LIVECDN_OPEN_PUBLISH": "true"}, "edge": {"LIVECDN_WORKERS": "1"}}
 
 
 @dataclass

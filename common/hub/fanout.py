@@ -10,16 +10,22 @@ write per window, but waits behind N/phases writes instead of N.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Final, Protocol
 
+from common.hub.pacing import MergeWindow
 from common.hub.packet import HubLimits, Packet
+from common.hub.spool import Spool
 
 log = logging.getLogger(__name__)
 
 PHASE_SPACING: Final = 0.025  # seconds between two groups' flushes; sets the number of phases per window
 MAX_PHASES: Final = 16
+SPOOL_MIN_BYTES: Final = 16 * 1024  # batches this large go out by sendfile from the spool (see spool.py)
+MIN_TICK: Final = 0.004  # seconds: a window whose groups would flush closer than this flushes them together
 
 Scheduler = Callable[[float, Callable[[], None]], object]
 
@@ -47,16 +53,34 @@ class _ViewerState:
     write: Callable[[bytes], object]
     buffered: Callable[[], int]
     group: int
-    skipping: bool = False  # over the high-water mark: no media until it drains and a key frame comes
-    skipping_since: float = 0.0
+    fd: int  # our own duplicate of the viewer's socket for sendfile (never reused while we hold it); -1: none
+    skipping_since: float = 0.0  # when it fell over the high-water mark (while in its group's ``lagging``)
+
+    @property
+    def writer(self) -> Writer:
+        return (self.write, self.buffered, self.fd)
+
+
+# A live viewer's (write, buffered, fd), unpacked at once in the hot loop.
+Writer = tuple[Callable[[bytes], object], Callable[[], int], int]
 
 
 class _Group:
-    __slots__ = ("by_format", "sent_upto")
+    """Viewers flushed together. Per wire format: ``live`` ones get every batch; ``lagging`` ones fell over
+    the high-water mark and wait to drain and rejoin at a key frame (kept apart so the hot loop over the
+    live ones reads no per-viewer state beyond two bound C methods)."""
+
+    __slots__ = ("lagging", "live", "sent_upto")
 
     def __init__(self) -> None:
-        self.by_format: dict[str, dict[Subscriber, _ViewerState]] = {}
+        self.live: dict[str, dict[Subscriber, Writer]] = {}
+        self.lagging: dict[str, dict[Subscriber, _ViewerState]] = {}
         self.sent_upto = 0  # sequence number of the first packet this group has not been sent
+
+    def formats(self) -> set[str]:
+        return {fmt for fmt, members in self.live.items() if members} | {
+            fmt for fmt, members in self.lagging.items() if members
+        }
 
 
 class _Batch:
@@ -99,14 +123,15 @@ class FanOut:
         scheduler: Scheduler,
         clock: Callable[[], float],
         headers: Callable[[], list[Packet]],
+        pacing: MergeWindow | None = None,
     ) -> None:
         self.limits = limits
         self.scheduler = scheduler
         self.clock = clock
         self.headers = headers
-        self.window = limits.merge_window
-        self.phases = phases_for(self.window, limits.merge_phases)
-        self.tick = self.window / self.phases
+        self.pacing = pacing if pacing is not None else MergeWindow(limits.merge_window)
+        # Groups are sized for the widest window the pacing allows; a narrower window flushes them all at once.
+        self.phases = phases_for(self.pacing.largest, limits.merge_phases)
         self._groups = [_Group() for _ in range(self.phases)]
         self._subscribers: dict[Subscriber, _ViewerState] = {}
         self._log: list[Packet] = []  # packets some group has not been sent yet
@@ -115,6 +140,7 @@ class FanOut:
         self._ticking = False
         self._joins = 0
         self._doomed: list[tuple[Subscriber, str]] = []
+        self._spool: Spool | None = None  # opened at the first large batch
         self.bytes_out = 0
         self.viewers_dropped = 0
         self.viewer_skips = 0  # times a viewer fell over the high-water mark and skipped ahead
@@ -135,10 +161,10 @@ class FanOut:
         index = self._joins % self.phases
         self._joins += 1
         group = self._groups[index]
-        state = _ViewerState(subscriber, subscriber.write, subscriber.buffered, index)
+        state = _ViewerState(subscriber, subscriber.write, subscriber.buffered, index, _own_socket(subscriber))
         fmt = subscriber.wire_format
         self._subscribers[subscriber] = state
-        group.by_format.setdefault(fmt, {})[subscriber] = state
+        group.live.setdefault(fmt, {})[subscriber] = state.writer
         unsent = {id(p) for p in self._log[group.sent_upto - self._base :]}
         bootstrap = [p.wire(fmt) for p in cached if id(p) not in unsent]
         if bootstrap:
@@ -149,17 +175,22 @@ class FanOut:
     def remove(self, subscriber: Subscriber) -> None:
         state = self._subscribers.pop(subscriber, None)
         if state is not None:
-            group = self._groups[state.group].by_format.get(subscriber.wire_format)
-            if group is not None:
-                group.pop(subscriber, None)
+            group = self._groups[state.group]
+            fmt = subscriber.wire_format
+            group.live.get(fmt, {}).pop(subscriber, None)
+            group.lagging.get(fmt, {}).pop(subscriber, None)
+            _release(state)
         if not self._subscribers:
             self._forget_log()
 
     def detach_all(self) -> list[Subscriber]:
         subscribers = list(self._subscribers)
+        for state in self._subscribers.values():
+            _release(state)
         self._subscribers.clear()
         for group in self._groups:
-            group.by_format.clear()
+            group.live.clear()
+            group.lagging.clear()
         self._forget_log()
         return subscribers
 
@@ -168,26 +199,37 @@ class FanOut:
     def push(self, packet: Packet) -> None:
         if not self._subscribers:
             return
-        if self.window <= 0:
-            self._deliver(self._groups[0], [packet])
-            return
         self._log.append(packet)
-        if not self._ticking:
+        window = self.pacing.window
+        if window <= 0:
+            self.flush_all()  # with whatever a wider window left pending, in order
+        elif not self._ticking:
             self._ticking = True
-            self.scheduler(self.tick, self._on_tick)
+            self.scheduler(self._tick_for(window), self._on_tick)
 
     def flush_all(self) -> None:
         for group in self._groups:
             self._flush(group)
         self._trim()
 
+    def _phased(self, window: float) -> bool:
+        return self.phases > 1 and window / self.phases >= MIN_TICK
+
+    def _tick_for(self, window: float) -> float:
+        """Seconds to the next flush: a group per tick when the window is wide enough to spread them."""
+        return window / self.phases if self._phased(window) else window
+
     def _on_tick(self) -> None:
-        group = self._groups[self._next_group]
-        self._next_group = (self._next_group + 1) % self.phases
-        self._flush(group)
-        self._trim()
-        if self._log and self._subscribers:
-            self.scheduler(self.tick, self._on_tick)
+        window = self.pacing.window
+        if window <= 0 or not self._phased(window):
+            self.flush_all()
+        else:
+            group = self._groups[self._next_group]
+            self._next_group = (self._next_group + 1) % self.phases
+            self._flush(group)
+            self._trim()
+        if self._log and self._subscribers and window > 0:
+            self.scheduler(self._tick_for(window), self._on_tick)
         else:
             self._ticking = False
 
@@ -195,7 +237,11 @@ class FanOut:
         packets = self._log[group.sent_upto - self._base :]
         group.sent_upto = self._seq
         if packets:
-            self._deliver(group, packets)
+            formats = group.formats()
+            if formats:
+                started = perf_counter()
+                self._deliver(group, formats, packets)
+                self.pacing.record_flush(perf_counter() - started)
 
     def _trim(self) -> None:
         low = min(group.sent_upto for group in self._groups)
@@ -208,26 +254,39 @@ class FanOut:
         self._log.clear()
         for group in self._groups:
             group.sent_upto = self._base
+        if self._spool is not None:  # no viewers: its pages go as soon as the sockets have sent them
+            self._spool.close()
+            self._spool = None
 
-    def _deliver(self, group: _Group, packets: list[Packet]) -> None:
+    def _deliver(self, group: _Group, formats: set[str], packets: list[Packet]) -> None:
         high_water = self.limits.viewer_high_water
         sent = 0
-        for fmt, members in group.by_format.items():
-            if not members:
-                continue
+        for fmt in formats:
             batch = _Batch(packets, fmt, self.headers)
             data = batch.data
-            size = len(data)
-            for state in members.values():
-                backlog = state.buffered()
-                if backlog > high_water or state.skipping:
-                    resume = self._lagging(state, batch, backlog)
-                    if resume is not None:
-                        state.write(resume)
-                        sent += len(resume)
-                    continue
-                state.write(data)
-                sent += size
+            live = group.live.setdefault(fmt, {})
+            fell_behind: list[Subscriber] = []
+            if len(data) >= SPOOL_MIN_BYTES:
+                self._send_spooled(live, data, high_water, fell_behind)
+            else:
+                # The hot loop: per viewer, two C calls (the transport's own methods) and nothing else.
+                for subscriber, (write, buffered, _fd) in live.items():
+                    if buffered() > high_water:
+                        fell_behind.append(subscriber)
+                        continue
+                    write(data)
+            sent += len(data) * (len(live) - len(fell_behind))
+            lagging = group.lagging.setdefault(fmt, {})
+            if lagging:
+                sent += self._serve_lagging(live, lagging, batch)
+            now = self.clock() if fell_behind else 0.0
+            for subscriber in fell_behind:
+                del live[subscriber]
+                state = self._subscribers[subscriber]
+                state.skipping_since = now
+                lagging[subscriber] = state
+                self.viewer_skips += 1
+                self._check_backlog(state, state.buffered())
         self.bytes_out += sent
         if self._doomed:
             doomed, self._doomed = self._doomed, []
@@ -236,28 +295,87 @@ class FanOut:
                 self.viewers_dropped += 1
                 subscriber.drop(reason)  # its transport closes later, outside the fan-out
 
-    def _lagging(self, state: _ViewerState, batch: _Batch, backlog: int) -> bytes | None:
+    def _send_spooled(
+        self, live: dict[Subscriber, Writer], data: bytes, high_water: int, fell_behind: list[Subscriber]
+    ) -> None:
+        """A large batch: written once to the spool, then sent to each viewer by sendfile, which costs the
+        kernel page references instead of a copy per viewer. A viewer whose transport still holds bytes
+        gets the batch through it (behind those bytes, in order); what a full socket did not take goes the
+        same way."""
+        if self._spool is None:
+            self._spool = Spool()
+        spool = self._spool
+        offset = spool.put(data)
+        source = spool.fd
+        size = len(data)
+        sendfile = os.sendfile
+        for subscriber, (write, buffered, fd) in live.items():
+            pending = buffered()
+            if pending or fd < 0:
+                if pending > high_water:
+                    fell_behind.append(subscriber)
+                    continue
+                write(data)
+                continue
+            try:
+                done = sendfile(fd, source, offset, size)
+            except OSError:  # full (EAGAIN) or broken: the transport queues it or finds the error itself
+                done = 0
+            if done < size:
+                write(data[done:])
+
+    def _serve_lagging(
+        self, live: dict[Subscriber, Writer], lagging: dict[Subscriber, _ViewerState], batch: _Batch
+    ) -> int:
         """Slow viewer policy: nothing while over the high-water mark; once drained, rejoin live at a key
-        frame with the sequence headers. Disconnected past the byte limit, or when it stays behind longer
-        than the stall limit. Returns what to write, if anything."""
+        frame with the sequence headers. Returns the bytes written."""
+        high_water = self.limits.viewer_high_water
+        sent = 0
+        caught_up: list[_ViewerState] = []
+        for state in lagging.values():
+            backlog = state.buffered()
+            if backlog > high_water:
+                self._check_backlog(state, backlog)
+                continue
+            resume = batch.resume()
+            if resume is None:  # drained, but this batch has no key frame to rejoin at
+                continue
+            state.write(resume)
+            sent += len(resume)
+            caught_up.append(state)
+        for state in caught_up:
+            del lagging[state.subscriber]
+            live[state.subscriber] = state.writer
+        return sent
+
+    def _check_backlog(self, state: _ViewerState, backlog: int) -> None:
+        """Disconnected past the byte limit, or when it stays behind longer than the stall limit."""
         limits = self.limits
-        if not state.skipping:
-            state.skipping = True
-            state.skipping_since = self.clock()
-            self.viewer_skips += 1
         if backlog > limits.viewer_max_buffer:
-            self._doomed.append(
-                (state.subscriber, f"viewer fell {backlog} bytes behind (limit {limits.viewer_max_buffer})")
-            )
-            return None
-        if backlog > limits.viewer_high_water:
-            stalled = self.clock() - state.skipping_since
-            if stalled > limits.viewer_max_stall:
-                self._doomed.append(
-                    (state.subscriber, f"viewer stayed {stalled:.1f}s behind (limit {limits.viewer_max_stall:g}s)")
-                )
-            return None
-        resume = batch.resume()
-        if resume is not None:
-            state.skipping = False
-        return resume
+            reason = f"viewer fell {backlog} bytes behind (limit {limits.viewer_max_buffer})"
+            self._doomed.append((state.subscriber, reason))
+            return
+        stalled = self.clock() - state.skipping_since
+        if stalled > limits.viewer_max_stall:
+            reason = f"viewer stayed {stalled:.1f}s behind (limit {limits.viewer_max_stall:g}s)"
+            self._doomed.append((state.subscriber, reason))
+
+
+def _own_socket(subscriber: Subscriber) -> int:
+    """Our own duplicate of a viewer's socket, for sendfile; -1 when it has none. A duplicate, because the
+    transport's descriptor number can be reused by a new connection as soon as the transport closes it, before
+    the viewer has left the fan-out; ours stays this socket until we close it."""
+    transport = getattr(subscriber, "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return -1
+    try:
+        return os.dup(sock.fileno())
+    except (OSError, ValueError):  # closed already, or out of descriptors: the transport path still works
+        return -1
+
+
+def _release(state: _ViewerState) -> None:
+    if state.fd >= 0:
+        os.close(state.fd)
+        state.fd = -1

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from common.hub.fanout import FanOut, Scheduler, Subscriber
+from common.hub.pacing import MergeWindow
 from common.hub.packet import AUDIO, DATA, VIDEO, HubLimits, Packet
 from common.hub.timeline import Timeline
 from common.keys import StreamKey
@@ -99,10 +100,11 @@ class Stream:
     polled_viewers: int = 0
     scheduler: Scheduler = asyncio_scheduler
     clock: Callable[[], float] = time.monotonic
+    pacing: MergeWindow | None = None  # the node's (adaptive) merge window; None: fixed at limits.merge_window
 
     def __post_init__(self) -> None:
         self.gop = GopCache(self.limits.gop_max_bytes, self.limits.gop_max_packets)
-        self.fanout = FanOut(self.limits, self.scheduler, self.clock, self.headers)
+        self.fanout = FanOut(self.limits, self.scheduler, self.clock, self.headers, self.pacing)
         self.timeline = Timeline()
         # Packagers that need packets rather than bytes (HLS segments): each sees every packet once, in
         # order, after the viewers have been served. At most MAX_TAPS, so the hot path stays short.
@@ -225,10 +227,13 @@ class Hub:
         limits: HubLimits | None = None,
         scheduler: Scheduler = asyncio_scheduler,
         clock: Callable[[], float] = time.monotonic,
+        pacing: MergeWindow | None = None,
     ) -> None:
         self.limits = limits or HubLimits()
         self.scheduler = scheduler
         self.clock = clock
+        # One window for every stream: what it adapts to (the event loop's busy fraction) is the node's.
+        self.pacing = pacing if pacing is not None else MergeWindow(self.limits.merge_window)
         self._streams: dict[StreamKey, Stream] = {}
 
     def get(self, key: StreamKey) -> Stream | None:
@@ -239,7 +244,9 @@ class Hub:
         if stream is None:
             if len(self._streams) >= self.limits.max_streams:
                 raise OverflowError(f"hub holds its maximum of {self.limits.max_streams} streams")
-            stream = self._streams[key] = Stream(key, self.limits, scheduler=self.scheduler, clock=self.clock)
+            stream = self._streams[key] = Stream(
+                key, self.limits, scheduler=self.scheduler, clock=self.clock, pacing=self.pacing
+            )
         return stream
 
     def discard_if_idle(self, stream: Stream) -> None:

@@ -7,6 +7,8 @@
   the keys' homes.
 - rendezvous_pick: highest random weight. Every caller picks the same member for a key without a ring;
   removing a member moves only the keys it had.
+- owner_worker: which of a node's worker processes pulls a stream from the cluster (the others pull it
+  from that one), the same answer in every worker.
 """
 
 from __future__ import annotations
@@ -127,3 +129,12 @@ def rendezvous_weight(member: str, key: str) -> bytes:
 def rendezvous_pick(key: str, members: Iterable[str]) -> str | None:
     """The member with the highest weight for `key` (None when there is none)."""
     return max(members, key=lambda member: rendezvous_weight(member, key), default=None)
+
+
+def owner_worker(key: str, workers: int) -> int:
+    """The index of the worker that owns stream ``key`` among ``workers``: every worker process of a node
+    computes the same one, in any run (a node's worker count is fixed while it runs, so a plain modulo
+    is enough; nothing moves when it changes but the node's own restart)."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    return stable_hash(key) % workers

@@ -23,6 +23,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from common.system import available_cores
+
 
 class ConfigError(ValueError):
     """Settings that cannot work; the message names the setting, its flag and env var."""
@@ -124,11 +126,25 @@ class NodeSettings(Settings):
     viewer_sndbuf: int = Field(
         default=0, ge=0, le=64 * 1024 * 1024, description="SO_SNDBUF of viewer sockets in bytes (0: kernel autotuning)"
     )
+    viewer_nodelay: bool = Field(
+        default=False,
+        description="TCP_NODELAY on viewer sockets (off: the kernel coalesces writes awaiting an ACK, like nginx-rtmp)",
+    )
     merge_phases: int = Field(
         default=0, ge=0, le=16, description="viewer groups flushed in turn across the window (0: one per 25 ms)"
     )
-    merge_window: float = Field(
-        default=0.02, ge=0, le=1.0, description="seconds of packets merged into one write per viewer (0: none)"
+    merge_window: float | None = Field(
+        default=None,
+        ge=0,
+        le=1.0,
+        description="fixed seconds of packets merged into one write per viewer (0: none); unset: adaptive",
+    )
+    merge_window_min: float = Field(
+        default=0.0, ge=0, le=1.0, description="adaptive merge window's floor, seconds (0: a write per message)"
+    )
+    merge_window_max: float = Field(default=0.05, ge=0, le=1.0, description="adaptive merge window's ceiling, seconds")
+    merge_busy_target: float = Field(
+        default=0.8, gt=0, le=1.0, description="busy fraction of the event loop the adaptive window keeps under"
     )
     handshake_timeout: float = Field(default=10.0, gt=0)
     idle_timeout: float = Field(default=30.0, gt=0)
@@ -179,6 +195,13 @@ class NodeSettings(Settings):
             path = getattr(self, f"{name}_file", None)
             if path is not None and getattr(self, name) is None:
                 setattr(self, name, read_secret(path, name))
+        return self
+
+    @model_validator(mode="after")
+    def _merge_window_bounds_in_order(self) -> NodeSettings:
+        if self.merge_window_min > self.merge_window_max:
+            low, high = self.merge_window_min, self.merge_window_max
+            raise ValueError(f"merge_window_min ({low:g}s) must not exceed merge_window_max ({high:g}s)")
         return self
 
     @model_validator(mode="after")
@@ -248,6 +271,12 @@ class EdgeSettings(NodeSettings):
     )
     upstream_timeout: float = Field(
         default=5.0, gt=0, description="a pull that delivers no media this long is abandoned and re-resolved"
+    )
+    # Edges only: an origin's claims and publishers live in one process (docs/ARCHITECTURE.md, "Workers").
+    workers: int = Field(
+        default_factory=available_cores,
+        ge=1,
+        description="processes sharing the node's ports, one pull per stream between them (1: one process)",
     )
 
 

@@ -56,6 +56,24 @@ class NodeCollector(Collector):
                 "Re-pulls (upstream sessions after the first) of the pulls that are active now",
                 sum(max(0, int(s.get("upstream_connects", 0)) - 1) for s in pulling),
             )
+        pacing = node.get("merge_window")
+        if pacing is not None:  # the adaptive merge window: where it is and what moves it
+            yield gauge("livecdn_merge_window_seconds", "Merge window every stream uses now", pacing["seconds"])
+            yield gauge("livecdn_merge_window_min_seconds", "Adaptive merge window's floor", pacing["min_seconds"])
+            yield gauge("livecdn_merge_window_max_seconds", "Adaptive merge window's ceiling", pacing["max_seconds"])
+            yield gauge(
+                "livecdn_event_loop_busy_ratio",
+                "Share of the last control period the event loop was busy (CPU time / wall time)",
+                pacing["loop_busy"],
+            )
+            yield gauge(
+                "livecdn_fanout_flush_max_seconds",
+                "Longest single fan-out flush (one group of viewers) in the last control period",
+                pacing["flush_max_seconds"],
+            )
+            yield counter("livecdn_fanout_flushes", "Fan-out flushes (one group's writes each)", pacing["flushes"])
+            yield counter("livecdn_fanout_flush_seconds", "Seconds spent in fan-out flushes", pacing["flush_seconds"])
+            yield counter("livecdn_merge_window_changes", "Times the adaptive merge window moved", pacing["changes"])
         yield counter(
             "livecdn_viewer_skips",
             "Times a viewer fell behind and skipped ahead to a key frame",

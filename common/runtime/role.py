@@ -17,6 +17,7 @@ from common.registry import Registry
 from common.rtmp.session import SessionLimits
 from common.runtime.config import HostPort, NodeSettings
 from common.runtime.tasks import BackgroundTasks
+from common.runtime.workerplan import WorkerPlan
 from common.serving.policy import StreamPolicy
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
@@ -55,6 +56,7 @@ class NodeContext:
     session_limits: SessionLimits
     addresses: Addresses
     tasks: BackgroundTasks
+    worker: WorkerPlan | None = None  # one of several worker processes of the node (common.runtime.supervisor)
 
 
 class Role(StreamPolicy, Protocol):

@@ -2,7 +2,9 @@
 
 Play: with a play secret, a viewer needs a signed play token (common.signing). An edge pulling from its
 upstream presents a pull token signed with the cluster secret instead. An origin that has a cluster
-secret serves only edges and viewers with a play token: strangers cannot pull from it.
+secret serves only edges and viewers with a play token: strangers cannot pull from it. The worker
+processes of one node also accept pull tokens signed with the node's own secret, which its supervisor
+makes up at start: sibling workers pull from each other even where no cluster secret is set.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class PlayGate:
     cluster_secret: str | None = None
     edges_only: bool = False  # an origin with a cluster secret: viewers need a play token, edges a pull token
     clock: Callable[[], float] = time.time
+    node_secret: str | None = None  # a worker's: pull tokens of its sibling workers
 
     @property
     def closed(self) -> bool:
@@ -35,8 +38,9 @@ class PlayGate:
         if not self.closed:
             return
         now = self.clock()
-        if self.cluster_secret is not None and refusal(self.cluster_secret, PULL, key, query, now) is None:
-            return
+        for pull_secret in (self.cluster_secret, self.node_secret):
+            if pull_secret is not None and refusal(pull_secret, PULL, key, query, now) is None:
+                return
         if self.play_secret is None:
             raise Rejected(NOT_ALLOWED, f"{key}: this node serves edges only")
         why = refusal(self.play_secret, PLAY, key, query, now)

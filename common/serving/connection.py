@@ -64,7 +64,7 @@ class ConnectionHandler(Protocol):
 class RtmpViewer:
     """A playing connection as the hub's Subscriber: writes go straight to the transport."""
 
-    __slots__ = ("buffered", "conn", "stream", "stream_id", "write")
+    __slots__ = ("buffered", "conn", "stream", "stream_id", "transport", "write")
     wire_format = RTMP
 
     def __init__(self, conn: RtmpServerProtocol, stream: Stream, stream_id: int) -> None:
@@ -72,6 +72,7 @@ class RtmpViewer:
         self.conn = conn
         self.stream = stream
         self.stream_id = stream_id
+        self.transport: asyncio.Transport = conn.transport
         # The transport's own methods: the hub's fan-out loop calls them with no Python frame in between.
         self.write = conn.transport.write
         self.buffered = conn.transport.get_write_buffer_size

@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
@@ -40,6 +40,12 @@ SWEEP_INTERVAL = 1.0
 # Both keyed by what clients send (a query string, a sid): bounded, so varying them cannot grow memory.
 MAX_CACHED_PLAYLISTS = 32  # distinct queries whose playlist text is kept for the current part
 MAX_VIEWERS_PER_STREAM = 50_000
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _remote(request: web.Request) -> str:
+    return request.remote or "?"
 
 
 @dataclass
@@ -121,6 +127,9 @@ class HlsService:
         self.clock = clock
         self.channels: dict[StreamKey, HlsChannel] = {}
         self.counters = HlsCounters()
+        # Who sent a request: its peer, unless a trusted forwarder vouches for another (a worker of the
+        # node passing on the requests for a stream this process packages: common.runtime.hlsowner).
+        self.client_address: Callable[[web.Request], str] = _remote
 
     @property
     def viewers(self) -> int:
@@ -130,11 +139,17 @@ class HlsService:
         channel = self.channels.get(stream.key)
         return len(channel.viewers) if channel is not None and channel.stream is stream else 0
 
+    def routes(self) -> list[tuple[str, Handler]]:
+        return [
+            ("/{app}/{name}.m3u8", self.playlist),
+            ("/{app}/{name}/init.mp4", self.init_segment),
+            (r"/{app}/{name}/seg{msn:\d+}.m4s", self.segment),
+            (r"/{app}/{name}/seg{msn:\d+}.{part:\d+}.m4s", self.part),
+        ]
+
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/{app}/{name}.m3u8", self.playlist)
-        app.router.add_get("/{app}/{name}/init.mp4", self.init_segment)
-        app.router.add_get(r"/{app}/{name}/seg{msn:\d+}.m4s", self.segment)
-        app.router.add_get(r"/{app}/{name}/seg{msn:\d+}.{part:\d+}.m4s", self.part)
+        for path, handler in self.routes():
+            app.router.add_get(path, handler)
         app.cleanup_ctx.append(self._sweeper_ctx)
 
     # -- handlers ------------------------------------------------------------------------------------
@@ -223,11 +238,12 @@ class HlsService:
             except OverflowError as exc:  # the stream's packager slots are taken
                 raise web.HTTPServiceUnavailable(text=f"{exc}\n", headers=CORS) from None
             log.info("%s: HLS packager started", key)
-        identity = request.query.get("sid") or _client_identity(request)
+        address = self.client_address(request)
+        identity = request.query.get("sid") or _client_identity(address, request)
         if identity not in channel.viewers:
             if len(channel.viewers) >= MAX_VIEWERS_PER_STREAM:
                 raise web.HTTPServiceUnavailable(text=f"{key} has its maximum of HLS viewers here\n", headers=CORS)
-            self.playback.join_polled(stream, request.remote or "?", "LL-HLS")
+            self.playback.join_polled(stream, address, "LL-HLS")
         channel.viewers[identity] = self.clock()
         return channel
 
@@ -276,9 +292,9 @@ def _blocking_request(request: web.Request) -> tuple[int | None, int | None]:
     return msn, part
 
 
-def _client_identity(request: web.Request) -> str:
+def _client_identity(address: str, request: web.Request) -> str:
     """A client without a sid: its address and User-Agent (clients behind one NAT with one browser merge)."""
-    raw = f"{request.remote}|{request.headers.get('User-Agent', '')}"
+    raw = f"{address}|{request.headers.get('User-Agent', '')}"
     return hashlib.blake2s(raw.encode(), digest_size=8).hexdigest()
 
 

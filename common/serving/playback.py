@@ -6,6 +6,7 @@ viewer_left for all of them and an idle stream is let go in one place.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Protocol
 
@@ -14,20 +15,27 @@ from common.hub.stream import Hub, Stream
 from common.keys import StreamKey
 from common.serving.access import PlayGate
 from common.serving.policy import StreamPolicy
+from common.serving.sockets import ViewerSockets
 
 log = logging.getLogger(__name__)
 
 
 class Viewer(Subscriber, Protocol):
+    @property
+    def transport(self) -> asyncio.BaseTransport | None: ...
+
     def disconnect(self, reason: str) -> None:
         """Leave without telling the player the stream ended (the node stops; the stream goes on)."""
 
 
 class Playback:
-    def __init__(self, hub: Hub, policy: StreamPolicy, gate: PlayGate | None = None) -> None:
+    def __init__(
+        self, hub: Hub, policy: StreamPolicy, gate: PlayGate | None = None, sockets: ViewerSockets | None = None
+    ) -> None:
         self.hub = hub
         self.policy = policy
         self.gate = gate or PlayGate()
+        self.sockets = sockets or ViewerSockets()
         self.viewers: set[Viewer] = set()  # every viewer playing now, of any format
         self.polled_viewers = 0  # HLS viewers, which hold no connection (join_polled, leave_polled)
 
@@ -49,6 +57,7 @@ class Playback:
         return stream if stream is not None and stream.live else None
 
     def subscribe(self, stream: Stream, viewer: Viewer, peer: str, how: str) -> None:
+        self.sockets.tune(viewer.transport)
         self.viewers.add(viewer)
         stream.add_subscriber(viewer)
         self.policy.viewer_joined(stream)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 class RtmpOptions:
     session_limits: SessionLimits = field(default_factory=SessionLimits)
     timeouts: Timeouts = field(default_factory=Timeouts)
-    viewer_sndbuf: int = 0  # SO_SNDBUF of viewer sockets (0: kernel autotuning)
     publish_grace: float = 0.0  # seconds viewers wait for a publisher that left to come back (0: end at once)
     bounds: Bounds = field(default_factory=Bounds)
 
@@ -56,7 +54,6 @@ class RtmpService:
         self.policy = playback.policy
         self.session_limits = options.session_limits
         self.timeouts = options.timeouts
-        self.viewer_sndbuf = options.viewer_sndbuf
         self.publish_grace = options.publish_grace
         self.bounds = options.bounds
         self.limiter = limiter if limiter is not None else ConnectionLimiter()
@@ -253,11 +250,6 @@ class RtmpService:
     def _start_play(self, conn: RtmpServerProtocol, stream: Stream, event: PlayRequested) -> None:
         conn.session.accept_play(event.stream_id, event.name)
         conn.flush()  # status messages must reach the player before the bootstrap packets
-        if self.viewer_sndbuf and conn.transport is not None:
-            # Bounds the kernel memory a stalled viewer can pin; past it the hub's own limits apply.
-            sock = conn.transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.viewer_sndbuf)
         viewer = RtmpViewer(conn, stream, event.stream_id)
         conn.viewer = viewer
         self.playback.subscribe(stream, viewer, conn.peer, "RTMP")

@@ -512,6 +512,7 @@ def test_report_table_and_json(tmp_path: Path) -> None:
         bytes_received=10_000_000,
         ramp_per_s=10,
         ramp_seconds=1.0,
+        measure_offset_s=3.5,
         interval_seconds=5.0,
         interval_viewers=8,
         interval_bytes=8_000_000,
@@ -556,6 +557,7 @@ def test_scenario_config_builds_each_steps_swarm_and_command() -> None:
         flv=Path("x.flv"),
         merge_window=0.0,
         duration=10.0,
+        settle=2.5,
         ramp=50.0,
         probes=3,
         node_core=0,
@@ -570,11 +572,20 @@ def test_scenario_config_builds_each_steps_swarm_and_command() -> None:
     )
     url = "rtmp://127.0.0.1:1935/live/bench"
     swarm = config.swarm_config(ServerUnderTest("nginx", url, None, url), 200, 1234.0)
-    assert (swarm.url, swarm.viewers, swarm.duration, swarm.protocol) == (url, 200, 200 / 50 + 10, "rtmp")
+    # The run covers the ramp, the settle time (a GOP: nginx-rtmp starts video at the next key frame) and 10 s.
+    assert (swarm.url, swarm.viewers, swarm.duration, swarm.protocol) == (url, 200, 200 / 50 + 2.5 + 10, "rtmp")
+    assert swarm.settle == 2.5
     assert (swarm.probes, swarm.bitrate_kbps, swarm.epoch_ms, swarm.rcvbuf) == (3, 2000.0, 1234.0, None)
     command = swarm_command(swarm, Path("out.json"), load_core=None, nice=10, progress=False)
     assert command[:3] == ["nice", "-n", "10"] and command[-2:] == ["--epoch-ms", "1234.0"]
     assert "--no-progress" in command and "--rcvbuf" not in command and "--flv-url" not in command
+    assert command[command.index("--settle") + 1] == "2.5"
+
+
+def test_a_settle_time_must_leave_room_to_measure() -> None:
+    SwarmConfig(url="rtmp://h/live/x", duration=10, settle=3)
+    with pytest.raises(ValueError, match="settle"):
+        SwarmConfig(url="rtmp://h/live/x", duration=3, settle=3)
 
 
 # --- layering (the project-wide rules are in tests/unit/test_layers.py) --------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from common.hub.pacing import MergeWindow
 from common.hub.packet import AUDIO, DATA, RTMP, VIDEO, HubLimits
 from common.hub.stream import Hub, Stream
 from common.keys import StreamKey
@@ -79,8 +80,10 @@ class ManualScheduler:
         return ran
 
 
-def live_stream(limits: HubLimits = IMMEDIATE, scheduler: ManualScheduler | None = None) -> Stream:
-    stream = Hub(limits, scheduler or ManualScheduler()).get_or_create(StreamKey("live", "cam"))
+def live_stream(
+    limits: HubLimits = IMMEDIATE, scheduler: ManualScheduler | None = None, pacing: MergeWindow | None = None
+) -> Stream:
+    stream = Hub(limits, scheduler or ManualScheduler(), pacing=pacing).get_or_create(StreamKey("live", "cam"))
     stream.source = FakeSource()
     stream.feed(DATA, 0, META)
     stream.feed(VIDEO, 0, AVC_HEADER)
