@@ -27,7 +27,12 @@ EPOCH_LINE: Final = re.compile(rb"livecdnEpochMs=(\d+)")  # in the publisher's f
 
 
 def pinned(core: int | None) -> list[str]:
-    return ["taskset", "-c", str(core)] if core is not None and shutil.which("taskset") else []
+    """Run on ``core``; None: on every core of the machine. Said explicitly, because the scenario pins
+    itself to the load core and its children would otherwise inherit that."""
+    if not shutil.which("taskset"):
+        return []
+    cores = str(core) if core is not None else f"0-{(os.cpu_count() or 1) - 1}"
+    return ["taskset", "-c", cores]
 
 
 @dataclass

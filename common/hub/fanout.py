@@ -53,16 +53,17 @@ class _ViewerState:
     write: Callable[[bytes], object]
     buffered: Callable[[], int]
     group: int
-    fd: int  # our own duplicate of the viewer's socket for sendfile (never reused while we hold it); -1: none
+    closing: Callable[[], bool]  # its transport's is_closing: from then on its descriptor may be another's
+    fd: int  # its socket's descriptor, for sendfile; -1: none
     skipping_since: float = 0.0  # when it fell over the high-water mark (while in its group's ``lagging``)
 
     @property
     def writer(self) -> Writer:
-        return (self.write, self.buffered, self.fd)
+        return (self.write, self.buffered, self.closing, self.fd)
 
 
-# A live viewer's (write, buffered, fd), unpacked at once in the hot loop.
-Writer = tuple[Callable[[bytes], object], Callable[[], int], int]
+# A live viewer's (write, buffered, closing, fd), unpacked at once in the hot loop.
+Writer = tuple[Callable[[bytes], object], Callable[[], int], Callable[[], bool], int]
 
 
 class _Group:
@@ -161,7 +162,8 @@ class FanOut:
         index = self._joins % self.phases
         self._joins += 1
         group = self._groups[index]
-        state = _ViewerState(subscriber, subscriber.write, subscriber.buffered, index, _own_socket(subscriber))
+        closing, fd = _socket_of(subscriber)
+        state = _ViewerState(subscriber, subscriber.write, subscriber.buffered, index, closing, fd)
         fmt = subscriber.wire_format
         self._subscribers[subscriber] = state
         group.live.setdefault(fmt, {})[subscriber] = state.writer
@@ -179,14 +181,11 @@ class FanOut:
             fmt = subscriber.wire_format
             group.live.get(fmt, {}).pop(subscriber, None)
             group.lagging.get(fmt, {}).pop(subscriber, None)
-            _release(state)
         if not self._subscribers:
             self._forget_log()
 
     def detach_all(self) -> list[Subscriber]:
         subscribers = list(self._subscribers)
-        for state in self._subscribers.values():
-            _release(state)
         self._subscribers.clear()
         for group in self._groups:
             group.live.clear()
@@ -270,7 +269,7 @@ class FanOut:
                 self._send_spooled(live, data, high_water, fell_behind)
             else:
                 # The hot loop: per viewer, two C calls (the transport's own methods) and nothing else.
-                for subscriber, (write, buffered, _fd) in live.items():
+                for subscriber, (write, buffered, _closing, _fd) in live.items():
                     if buffered() > high_water:
                         fell_behind.append(subscriber)
                         continue
@@ -309,9 +308,11 @@ class FanOut:
         source = spool.fd
         size = len(data)
         sendfile = os.sendfile
-        for subscriber, (write, buffered, fd) in live.items():
+        for subscriber, (write, buffered, closing, fd) in live.items():
             pending = buffered()
-            if pending or fd < 0:
+            # A closing transport may have closed its descriptor already, and the number may now be a new
+            # connection's: it goes through the transport, which drops it.
+            if pending or fd < 0 or closing():
                 if pending > high_water:
                     fell_behind.append(subscriber)
                     continue
@@ -361,21 +362,18 @@ class FanOut:
             self._doomed.append((state.subscriber, reason))
 
 
-def _own_socket(subscriber: Subscriber) -> int:
-    """Our own duplicate of a viewer's socket, for sendfile; -1 when it has none. A duplicate, because the
-    transport's descriptor number can be reused by a new connection as soon as the transport closes it, before
-    the viewer has left the fan-out; ours stays this socket until we close it."""
+def _never_closing() -> bool:
+    return False
+
+
+def _socket_of(subscriber: Subscriber) -> tuple[Callable[[], bool], int]:
+    """A viewer's transport's ``is_closing`` and its socket's descriptor, for sendfile; -1 when it has none
+    (the batch then goes through ``write``)."""
     transport = getattr(subscriber, "transport", None)
     sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None:
-        return -1
+    if transport is None or sock is None:
+        return _never_closing, -1
     try:
-        return os.dup(sock.fileno())
-    except (OSError, ValueError):  # closed already, or out of descriptors: the transport path still works
-        return -1
-
-
-def _release(state: _ViewerState) -> None:
-    if state.fd >= 0:
-        os.close(state.fd)
-        state.fd = -1
+        return transport.is_closing, sock.fileno()
+    except (OSError, ValueError):
+        return _never_closing, -1

@@ -11,8 +11,9 @@ The control is sans-IO: the node feeds ``update`` the fraction of the last perio
 
 Law: above the busy target the window grows by half (at least 2 ms); below ``LOW_SHARE`` of the target it
 shrinks by 1/SHRINK, and under 1 ms it drops to the floor. The write count (hence at most the CPU) goes as
-1/window, so one shrink step raises the CPU by at most 15 %: LOW_SHARE x SHRINK < 1 keeps a shrink from
-crossing the target, so the window does not flap between two steps.
+1/window, so one shrink step raises the CPU by at most 10 %: LOW_SHARE x SHRINK < 1 keeps a shrink from
+crossing the target, so the window does not flap between two steps. The band is narrow on purpose: a
+window that a ramp of joins pushed up comes back down once the node is below 0.9 x target.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import Final
 
 GROW: Final = 1.5
 GROW_STEP: Final = 0.002  # seconds: the smallest growth, so a window can leave 0
-SHRINK: Final = 1.15
+SHRINK: Final = 1.1
 FLOOR_SNAP: Final = 0.001  # seconds: below it a shrinking window goes straight to its floor
-LOW_SHARE: Final = 0.85  # shrink only while busy < target x this
+LOW_SHARE: Final = 0.9  # shrink only while busy < target x this
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,16 +35,16 @@ def test_the_window_grows_under_load_and_stays_within_its_ceiling() -> None:
 
 def test_the_window_shrinks_to_its_floor_when_the_node_has_cpu_to_spare() -> None:
     window = MergeWindow(0.05, BOUNDS)
-    seen = [window.update(0.3) for _ in range(40)]
+    seen = [window.update(0.3) for _ in range(80)]
     assert seen[-1] == 0.0, "below 1 ms it drops to the floor: a write per message"
     assert seen == sorted(seen, reverse=True)
     floored = MergeWindow(0.05, WindowBounds(floor=0.01, ceiling=0.05))
-    assert [floored.update(0.1) for _ in range(40)][-1] == 0.01
+    assert [floored.update(0.1) for _ in range(80)][-1] == 0.01
 
 
 def test_between_the_thresholds_the_window_holds() -> None:
     window = MergeWindow(0.02, BOUNDS)
-    for busy in (0.7, 0.75, 0.8):  # above target x LOW_SHARE (0.68), not above the target
+    for busy in (0.73, 0.76, 0.8):  # above target x LOW_SHARE (0.72), not above the target
         assert window.update(busy) == 0.02
     assert window.changes == 0
 

@@ -1,6 +1,6 @@
 """Large batches go to real sockets by sendfile from the spool: the same bytes, in order, as a viewer
-written the ordinary way gets, also when a socket is full; and the node keeps no descriptor of a viewer
-that left."""
+written the ordinary way gets, also when a socket is full; never to the descriptor of a transport that is
+closing (its number may already be another connection's)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ async def test_large_batches_reach_sockets_intact_and_in_order_also_through_a_fu
     viewers = [SocketViewer(transport) for transport, _, _ in connections]
     for viewer in viewers:
         stream.add_subscriber(viewer)
-    assert open_fds() == fds_before + 3, "one duplicate per viewer, for sendfile"
+    assert open_fds() == fds_before, "sendfile uses the transports' own descriptors"
     sent_before = len(b"".join(reference.chunks))
     for n in range(6):
         stream.feed(VIDEO, 40 * n, BIG_KEY)
@@ -86,4 +86,19 @@ async def test_large_batches_reach_sockets_intact_and_in_order_also_through_a_fu
             transport.close()
             client.close()
             server.close()
-    assert open_fds() <= fds_before, "the duplicates are closed when viewers leave"
+
+
+async def test_a_closing_transport_never_gets_a_sendfile() -> None:
+    stream = stream_with_headers()
+    transport, server, client = await served_transport()
+    viewer = SocketViewer(transport)
+    stream.add_subscriber(viewer)
+    written: list[bytes] = []
+    transport.close()  # its descriptor may be reused from now on, before the viewer leaves the fan-out
+    stream.fanout._subscribers[viewer].write = written.append  # what the fan-out hands the transport instead
+    live = next(iter(stream.fanout._groups[0].live.values()))
+    live[viewer] = stream.fanout._subscribers[viewer].writer
+    stream.feed(VIDEO, 0, BIG_KEY)
+    assert written and len(written[-1]) > len(BIG_KEY), "the batch went to the transport, not to the descriptor"
+    client.close()
+    server.close()
