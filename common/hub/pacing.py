@@ -33,8 +33,8 @@ class WindowBounds:
     """Where an adaptive window may go, and the busy fraction it keeps the node under."""
 
     floor: float = 0.0
-    ceiling: float = 0.05
-    busy_target: float = 0.8
+    ceiling: float = 0.03
+    busy_target: float = 0.85
 
     def __post_init__(self) -> None:
         if not 0 <= self.floor <= self.ceiling:

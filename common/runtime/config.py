@@ -142,9 +142,9 @@ class NodeSettings(Settings):
     merge_window_min: float = Field(
         default=0.0, ge=0, le=1.0, description="adaptive merge window's floor, seconds (0: a write per message)"
     )
-    merge_window_max: float = Field(default=0.05, ge=0, le=1.0, description="adaptive merge window's ceiling, seconds")
+    merge_window_max: float = Field(default=0.03, ge=0, le=1.0, description="adaptive merge window's ceiling, seconds")
     merge_busy_target: float = Field(
-        default=0.8, gt=0, le=1.0, description="busy fraction of the event loop the adaptive window keeps under"
+        default=0.85, gt=0, le=1.0, description="busy fraction of the event loop the adaptive window keeps under"
     )
     handshake_timeout: float = Field(default=10.0, gt=0)
     idle_timeout: float = Field(default=30.0, gt=0)

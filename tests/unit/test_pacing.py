@@ -150,7 +150,7 @@ def test_a_wide_window_is_spread_over_groups_and_a_narrow_one_is_not() -> None:
 
 def test_settings_choose_adaptive_unless_a_window_is_given() -> None:
     adaptive = merge_window(load_settings(EdgeSettings, {"upstream": "rtmp://o/live"}))
-    assert adaptive.is_adaptive and adaptive.window == 0.0 and adaptive.largest == 0.05
+    assert adaptive.is_adaptive and adaptive.window == 0.0 and adaptive.largest == 0.03
     fixed = merge_window(load_settings(EdgeSettings, {"upstream": "rtmp://o/live", "merge_window": 0.02}))
     assert not fixed.is_adaptive and fixed.window == 0.02
     with pytest.raises(ConfigError, match="merge_window_min"):
