@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
@@ -54,16 +55,25 @@ class _ViewerState:
     buffered: Callable[[], int]
     group: int
     closing: Callable[[], bool]  # its transport's is_closing: from then on its descriptor may be another's
-    fd: int  # its socket's descriptor, for sendfile; -1: none
+    sock: socket.socket | None  # a socket object over the transport's descriptor (not owning it); None: none
     skipping_since: float = 0.0  # when it fell over the high-water mark (while in its group's ``lagging``)
 
     @property
     def writer(self) -> Writer:
-        return (self.write, self.buffered, self.closing, self.fd)
+        if self.sock is None:
+            return (self.write, self.buffered, self.closing, -1, _send_nothing)
+        return (self.write, self.buffered, self.closing, self.sock.fileno(), self.sock.send)
 
 
-# A live viewer's (write, buffered, closing, fd), unpacked at once in the hot loop.
-Writer = tuple[Callable[[bytes], object], Callable[[], int], Callable[[], bool], int]
+# A live viewer's (write, buffered, closing, fd, send), unpacked at once in the hot loop. ``write`` is its
+# transport's (it queues what the socket does not take); ``send`` is send(2) on the same socket, used only
+# while the transport holds nothing (so bytes keep their order) and is not closing (so the descriptor is
+# still this connection's): a bare system call, without the transport's bookkeeping or write(2)'s file layer.
+Writer = tuple[Callable[[bytes], object], Callable[[], int], Callable[[], bool], int, Callable[[bytes], int]]
+
+
+def _send_nothing(data: bytes) -> int:
+    return 0
 
 
 class _Group:
@@ -162,8 +172,8 @@ class FanOut:
         index = self._joins % self.phases
         self._joins += 1
         group = self._groups[index]
-        closing, fd = _socket_of(subscriber)
-        state = _ViewerState(subscriber, subscriber.write, subscriber.buffered, index, closing, fd)
+        closing, sock = _socket_of(subscriber)
+        state = _ViewerState(subscriber, subscriber.write, subscriber.buffered, index, closing, sock)
         fmt = subscriber.wire_format
         self._subscribers[subscriber] = state
         group.live.setdefault(fmt, {})[subscriber] = state.writer
@@ -181,11 +191,14 @@ class FanOut:
             fmt = subscriber.wire_format
             group.live.get(fmt, {}).pop(subscriber, None)
             group.lagging.get(fmt, {}).pop(subscriber, None)
+            _release(state)
         if not self._subscribers:
             self._forget_log()
 
     def detach_all(self) -> list[Subscriber]:
         subscribers = list(self._subscribers)
+        for state in self._subscribers.values():
+            _release(state)
         self._subscribers.clear()
         for group in self._groups:
             group.live.clear()
@@ -268,12 +281,22 @@ class FanOut:
             if len(data) >= SPOOL_MIN_BYTES:
                 self._send_spooled(live, data, high_water, fell_behind)
             else:
-                # The hot loop: per viewer, two C calls (the transport's own methods) and nothing else.
-                for subscriber, (write, buffered, _closing, _fd) in live.items():
-                    if buffered() > high_water:
-                        fell_behind.append(subscriber)
+                # The hot loop: per viewer, three C calls (the transport's backlog and state, a send).
+                size = len(data)
+                for subscriber, (write, buffered, closing, _fd, send) in live.items():
+                    pending = buffered()
+                    if pending or closing():
+                        if pending > high_water:
+                            fell_behind.append(subscriber)
+                            continue
+                        write(data)  # behind what the transport holds (a closing one drops it)
                         continue
-                    write(data)
+                    try:
+                        done = send(data)
+                    except OSError:  # full (EAGAIN) or broken: the transport queues it or finds the error
+                        done = 0
+                    if done < size:
+                        write(data[done:])
             sent += len(data) * (len(live) - len(fell_behind))
             lagging = group.lagging.setdefault(fmt, {})
             if lagging:
@@ -308,7 +331,7 @@ class FanOut:
         source = spool.fd
         size = len(data)
         sendfile = os.sendfile
-        for subscriber, (write, buffered, closing, fd) in live.items():
+        for subscriber, (write, buffered, closing, fd, _send) in live.items():
             pending = buffered()
             # A closing transport may have closed its descriptor already, and the number may now be a new
             # connection's: it goes through the transport, which drops it.
@@ -366,14 +389,23 @@ def _never_closing() -> bool:
     return False
 
 
-def _socket_of(subscriber: Subscriber) -> tuple[Callable[[], bool], int]:
-    """A viewer's transport's ``is_closing`` and its socket's descriptor, for sendfile; -1 when it has none
-    (the batch then goes through ``write``)."""
+def _socket_of(subscriber: Subscriber) -> tuple[Callable[[], bool], socket.socket | None]:
+    """A viewer's transport's ``is_closing``, and a socket object over its descriptor for send and sendfile
+    (None when it has none: everything then goes through ``write``). The object does not own the descriptor:
+    ``_release`` detaches it, never closes it (the transport does)."""
     transport = getattr(subscriber, "transport", None)
     sock = transport.get_extra_info("socket") if transport is not None else None
     if transport is None or sock is None:
-        return _never_closing, -1
+        return _never_closing, None
     try:
-        return transport.is_closing, sock.fileno()
+        # Created in blocking mode by default, which changes nothing on the descriptor: it stays the
+        # transport's non-blocking one, so send() returns at once (EAGAIN when the socket is full).
+        return transport.is_closing, socket.socket(fileno=sock.fileno())
     except (OSError, ValueError):
-        return _never_closing, -1
+        return _never_closing, None
+
+
+def _release(state: _ViewerState) -> None:
+    if state.sock is not None:
+        state.sock.detach()  # the descriptor is the transport's: never close it here
+        state.sock = None

@@ -1,6 +1,7 @@
-"""Large batches go to real sockets by sendfile from the spool: the same bytes, in order, as a viewer
-written the ordinary way gets, also when a socket is full; never to the descriptor of a transport that is
-closing (its number may already be another connection's)."""
+"""Batches go to real sockets by send(2), large ones by sendfile from the spool: the same bytes, in order,
+as a viewer written the ordinary way gets, also when a socket is full; never to the descriptor of a
+transport that is closing (its number may already be another connection's); and leaving the fan-out leaves
+the transport's socket open."""
 
 from __future__ import annotations
 
@@ -79,9 +80,12 @@ async def test_large_batches_reach_sockets_intact_and_in_order_also_through_a_fu
             assert got == expected, "every byte, in order"
             assert viewer.buffered() == 0
         assert len(expected) - sent_before > 6 * len(BIG_KEY)
-    finally:
         for viewer in viewers:
             stream.remove_subscriber(viewer)
+        for transport, _, client in connections:
+            transport.write(b"after")  # leaving the fan-out left the transport's own socket open
+            assert await read_exactly(client, 5) == b"after"
+    finally:
         for transport, server, client in connections:
             transport.close()
             client.close()
@@ -100,5 +104,7 @@ async def test_a_closing_transport_never_gets_a_sendfile() -> None:
     live[viewer] = stream.fanout._subscribers[viewer].writer
     stream.feed(VIDEO, 0, BIG_KEY)
     assert written and len(written[-1]) > len(BIG_KEY), "the batch went to the transport, not to the descriptor"
+    stream.feed(AUDIO, 10, SMALL)
+    assert len(written) == 2 and SMALL in written[-1], "a small one too (no send on a closing transport)"
     client.close()
     server.close()
