@@ -85,6 +85,7 @@ class Puller:
         self.upstream: Upstream | None = None  # the one pulled now, or last
         self.connects = 0
         self.client: RtmpClient | None = None
+        self._session_attached = False  # the current upstream session has been attached to the stream
         self.wake = asyncio.Event()  # set by registry events: retry at once instead of after the backoff
         self._last_media = 0.0
         self._gone_since: float | None = None  # the registry had no claim on the stream from then on
@@ -243,6 +244,7 @@ class Puller:
             log.warning("%s: cannot connect to upstream %s: %s", self.key, upstream.url, exc)
             return Outcome.UNREACHABLE
         self.client = client
+        self._session_attached = False
         try:
             await client.play(self._on_media)
         except (RtmpClientError, TimeoutError) as exc:
@@ -261,7 +263,7 @@ class Puller:
         self.connects += 1
         self._last_media = time.monotonic()
         self._gone_since = None
-        self.stream.attach(self)
+        self._attach_session()
         log.info(
             "%s: pulling from %s (%s%s)%s",
             self.key,
@@ -311,8 +313,17 @@ class Puller:
         token = sign(secret, PULL, self.key, int(time.time()) + PULL_TOKEN_TTL)
         return f"{url}{'&' if '?' in url else '?'}{token}"
 
+    def _attach_session(self) -> None:
+        """This upstream session feeds the stream from now on (its clock rebased once, before its first
+        frame). Once per session: the upstream sends its cached GOP right behind Play.Start, often in the same
+        read, so its first frames reach ``_on_media`` before ``play()`` has returned to ``_pull_once``."""
+        if not self._session_attached:
+            self._session_attached = True
+            self.stream.attach(self)
+
     def _on_media(self, event: MediaReceived) -> None:
         self._last_media = time.monotonic()
+        self._attach_session()
         self.stream.feed(event.type_id, event.timestamp, event.payload)
 
 

@@ -1,10 +1,13 @@
 """Fan-out of a stream's packets to its viewers: merged, phased writes and the slow-viewer policy.
 
-Packets that arrive within the merge window reach each viewer as ONE write (one syscall per viewer
-per window, not per message), built by one join per group and format and shared by the group. Viewers
-are split into ``phases`` groups whose flushes are staggered across the window, so a large audience
-costs the event loop a steady trickle instead of one long burst per window: each viewer still gets one
-write per window, but waits behind N/phases writes instead of N.
+Packets that arrive within the node's merge window (``common.hub.pacing``: 0 while the node has CPU to
+spare, wider as it gets busy) reach each viewer as ONE write (one syscall per viewer per window, not per
+message), built by one join per group and format and shared by the group. The write is a bare send(2)
+on the viewer's socket while its transport holds nothing, and sendfile from the spool for large batches
+(``common.hub.spool``); a transport that holds bytes, or is closing, gets it through ``write``. Viewers are
+split into ``phases`` groups whose flushes are staggered across a wide window, so a large audience costs
+the event loop a steady trickle instead of one long burst per window. A viewer over the high-water mark
+waits in its group's lagging set, out of the hot loop, until it can rejoin at a key frame.
 """
 
 from __future__ import annotations
@@ -395,8 +398,8 @@ def _socket_of(subscriber: Subscriber) -> tuple[Callable[[], bool], socket.socke
     ``_release`` detaches it, never closes it (the transport does)."""
     transport = getattr(subscriber, "transport", None)
     sock = transport.get_extra_info("socket") if transport is not None else None
-    if transport is None or sock is None:
-        return _never_closing, None
+    if transport is None or sock is None or transport.get_extra_info("ssl_object") is not None:
+        return _never_closing, None  # (under TLS the socket carries records, not our bytes)
     try:
         # Created in blocking mode by default, which changes nothing on the descriptor: it stays the
         # transport's non-blocking one, so send() returns at once (EAGAIN when the socket is full).
