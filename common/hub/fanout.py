@@ -58,7 +58,7 @@ class _ViewerState:
     buffered: Callable[[], int]
     group: int
     closing: Callable[[], bool]  # its transport's is_closing: from then on its descriptor may be another's
-    sock: socket.socket | None  # a socket object over the transport's descriptor (not owning it); None: none
+    sock: _BorrowedSocket | None  # a socket object over the transport's descriptor; None: none
     skipping_since: float = 0.0  # when it fell over the high-water mark (while in its group's ``lagging``)
 
     @property
@@ -82,7 +82,7 @@ def _send_nothing(data: bytes) -> int:
 class _Group:
     """Viewers flushed together. Per wire format: ``live`` ones get every batch; ``lagging`` ones fell over
     the high-water mark and wait to drain and rejoin at a key frame (kept apart so the hot loop over the
-    live ones reads no per-viewer state beyond two bound C methods)."""
+    live ones reads no per-viewer state beyond a tuple of bound C methods)."""
 
     __slots__ = ("lagging", "live", "sent_upto")
 
@@ -388,11 +388,22 @@ class FanOut:
             self._doomed.append((state.subscriber, reason))
 
 
+class _BorrowedSocket(socket.socket):
+    """A socket object over a descriptor its transport owns: it never closes it. A plain socket object closes
+    its descriptor when it is freed, and one freed late (a stream collected with viewers still attached)
+    would close whatever connection has the number by then."""
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        self.detach()
+
+
 def _never_closing() -> bool:
     return False
 
 
-def _socket_of(subscriber: Subscriber) -> tuple[Callable[[], bool], socket.socket | None]:
+def _socket_of(subscriber: Subscriber) -> tuple[Callable[[], bool], _BorrowedSocket | None]:
     """A viewer's transport's ``is_closing``, and a socket object over its descriptor for send and sendfile
     (None when it has none: everything then goes through ``write``). The object does not own the descriptor:
     ``_release`` detaches it, never closes it (the transport does)."""
@@ -403,7 +414,7 @@ def _socket_of(subscriber: Subscriber) -> tuple[Callable[[], bool], socket.socke
     try:
         # Created in blocking mode by default, which changes nothing on the descriptor: it stays the
         # transport's non-blocking one, so send() returns at once (EAGAIN when the socket is full).
-        return transport.is_closing, socket.socket(fileno=sock.fileno())
+        return transport.is_closing, _BorrowedSocket(fileno=sock.fileno())
     except (OSError, ValueError):
         return _never_closing, None
 
