@@ -19,6 +19,7 @@ import pytest
 from common.registry import NodeInfo, RegistryError, RegistryEvent
 from common.registry.consul import SESSION_TTL, ConsulRegistry
 from tests.consul_server import ConsulTarget, ConsulTestServer, consul_for_tests
+from tests.unit.test_registry_contract import every_call_fails_fast, fails_fast
 
 LONG = 10.0
 
@@ -165,13 +166,6 @@ async def test_a_lost_session_is_replaced_and_claims_are_made_again(consul: Cons
     assert again is not None and again.epoch > held.epoch and reg._session not in (None, session)
 
 
-async def _fails_fast(call: Any) -> None:
-    started = time.monotonic()
-    with pytest.raises(RegistryError, match=r"127\.0\.0\.1"):
-        await call
-    assert time.monotonic() - started < 3.0
-
-
 async def test_an_agent_away_or_hung_fails_fast_and_the_registry_recovers(consul: ConsulTarget) -> None:
     server = only_on_test_server(consul)
     reg = ConsulRegistry(server.url, prefix=f"test-{uuid.uuid4().hex[:12]}")
@@ -189,20 +183,12 @@ async def test_an_agent_away_or_hung_fails_fast_and_the_registry_recovers(consul
         await asyncio.sleep(0.2)
         server.stop()  # connection refused
         try:
-            assert not await reg.ping()
-            await _fails_fast(reg.lookup("live/a"))
-            await _fails_fast(reg.claim("live/b", "o1", "rtmp://o1/live/b", LONG))
-            await _fails_fast(reg.renew(before, LONG))
-            await _fails_fast(reg.release(before))
-            await _fails_fast(reg.heartbeat(node("o1"), LONG))
-            await _fails_fast(reg.nodes())
-            await _fails_fast(reg.streams())
-            await _fails_fast(reg.remove_node("o1"))
+            await every_call_fails_fast(reg, before)
         finally:
             server.start()  # restarted on its data: indexes go on
         server.freeze()  # a hung agent: connections open, no answers
         try:
-            await _fails_fast(reg.lookup("live/a"))
+            await fails_fast(reg.lookup("live/a"))
         finally:
             server.thaw()
         assert await reg.ping()
@@ -235,8 +221,8 @@ async def test_a_closed_registry_raises_ends_its_events_and_start_reopens(reg: C
 async def test_nothing_listening_fails_fast() -> None:
     reg = ConsulRegistry("consul://127.0.0.1:1")
     try:
-        await _fails_fast(reg.lookup("live/a"))
-        await _fails_fast(reg.claim("live/a", "o1", "rtmp://o1/live/a", LONG))
+        await fails_fast(reg.lookup("live/a"))
+        await fails_fast(reg.claim("live/a", "o1", "rtmp://o1/live/a", LONG))
         assert not await reg.ping()
     finally:
         await reg.close()

@@ -351,11 +351,26 @@ async def test_redis_record_layout(redis_url: str) -> None:
         await reg.close()
 
 
-async def _fails_fast(call: object) -> None:
+async def fails_fast(call: object) -> None:
+    """The call raises RegistryError naming the backend's address, within 3 s."""
     started = time.monotonic()
     with pytest.raises(RegistryError, match=r"127\.0\.0\.1"):
         await call  # type: ignore[misc]
     assert time.monotonic() - started < 3.0
+
+
+async def every_call_fails_fast(reg: Registry, held: StreamClaim) -> None:
+    """With the backend unreachable: ping says so, and every other call fails fast (shared by the backends'
+    outage tests). ``held`` is a claim taken before the outage."""
+    assert not await reg.ping()
+    await fails_fast(reg.lookup("live/a"))
+    await fails_fast(reg.claim("live/b", "o1", "rtmp://o1/live/b", LONG))
+    await fails_fast(reg.renew(held, LONG))
+    await fails_fast(reg.release(held))
+    await fails_fast(reg.heartbeat(node("o1"), LONG))
+    await fails_fast(reg.nodes())
+    await fails_fast(reg.streams())
+    await fails_fast(reg.remove_node("o1"))
 
 
 async def test_redis_outage_fails_fast_and_recovers() -> None:
@@ -374,21 +389,13 @@ async def test_redis_outage_fails_fast_and_recovers() -> None:
             await _wait_subscribers(server.url, channel, 1)
 
             server.stop()
-            assert not await reg.ping()
-            await _fails_fast(reg.lookup("live/a"))
-            await _fails_fast(reg.claim("live/b", "o1", "rtmp://o1/live/b", LONG))
-            await _fails_fast(reg.renew(before, LONG))
-            await _fails_fast(reg.release(before))
-            await _fails_fast(reg.heartbeat(node("o1"), LONG))
-            await _fails_fast(reg.nodes())
-            await _fails_fast(reg.streams())
-            await _fails_fast(reg.remove_node("o1"))
+            await every_call_fails_fast(reg, before)
 
             server.start()  # same port, empty data, no cached scripts
             assert server.pid is not None
             os.kill(server.pid, signal.SIGSTOP)  # a hung server: connections open, no answers
             try:
-                await _fails_fast(reg.lookup("live/a"))
+                await fails_fast(reg.lookup("live/a"))
             finally:
                 os.kill(server.pid, signal.SIGCONT)
             assert await reg.ping()
