@@ -68,8 +68,7 @@ def hub_limits(settings: NodeSettings) -> HubLimits:
         viewer_high_water=settings.viewer_high_water,
         viewer_max_buffer=settings.viewer_max_buffer,
         viewer_max_stall=settings.viewer_max_stall,
-        merge_window=settings.merge_window if settings.merge_window is not None else settings.merge_window_min,
-        merge_phases=settings.merge_phases,
+        merge_phases=settings.merge_phases,  # the window itself is the node's MergeWindow (pacer.merge_window)
     )
 
 
